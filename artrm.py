@@ -1,0 +1,383 @@
+"""
+artrm: the seven-rung ladder of "Tiny Autoregressive Recursive Models"
+(Rauba, Fanconi, van der Schaar, arXiv 2603.08082), in one file.
+
+The question: under a fixed budget of block passes per token, does it matter how
+the passes are spent? Every rung uses the same pre-LayerNorm GPT `Block`, the same
+token stream and the same next-token loss; each rung switches on one idea more than
+the rung above it (see LADDER):
+
+  1 dense      N distinct blocks                        h = Block_t(h)
+  2 iter       one shared block f, N times              h = f(h)
+  3 iter_step  + a learned step embedding s_t           h = f(h + s_t)
+  4 ut         + ACT halting, ACT-weighted readout      (Graves 2016; Dehghani et al. 2019)
+  5 dual_ut    + two streams: z = f(x+y+z+s_t); y = f(y+z+s_t); ACT on y
+  6 nested_ut  + H cycles of (L z-updates, 1 y-update) per step, truncated gradients
+  7 ar_trm     + binary halting head, readout = final y only (TRM, arXiv 2510.04871)
+
+Recurrence runs over depth, inside each position: every block call is causal, so
+every stream at position t depends only on tokens <= t.
+Extensions the paper lacks (full_grad, deep_supervision, halt_loss) are Config flags
+that default to the paper's behaviour.
+"""
+
+from collections import namedtuple
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+RUNGS = ("dense", "iter", "iter_step", "ut", "dual_ut", "nested_ut", "ar_trm")
+IGNORE_INDEX = -1  # targets at prompt positions; cross_entropy skips them
+HALT_THRESHOLD = 1.0 - 1e-6  # ACT: a position halts when its cumulative p reaches this
+
+# -----------------------------------------------------------------------------
+# The block: the only thing any rung ever evaluates.
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)      # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)                 # (B, T, C)
+        return self.dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LN GPT block. Its output includes the residual: f(u) = u + delta(u)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, h):
+        h = h + self.attn(self.ln_1(h))
+        return h + self.mlp(self.ln_2(h))
+
+# -----------------------------------------------------------------------------
+# The ladder and its configuration.
+
+# Each rung turns on one idea more than the rung above it.
+Rung = namedtuple("Rung", "tied step_emb halting two_streams nested")
+LADDER = {  #   tied   step_emb halting   two_streams nested
+    "dense":     Rung(False, False, None,     False, False),
+    "iter":      Rung(True,  False, None,     False, False),
+    "iter_step": Rung(True,  True,  None,     False, False),
+    "ut":        Rung(True,  True,  "act",    False, False),
+    "dual_ut":   Rung(True,  True,  "act",    True,  False),
+    "nested_ut": Rung(True,  True,  "act",    True,  True),
+    "ar_trm":    Rung(True,  True,  "binary", True,  True),
+}
+
+
+@dataclass
+class Config:
+    model: str = "ar_trm"          # the rung, one of RUNGS
+    budget: int = 24               # block passes per token per forward, at the maximum (no early halt)
+    n_embd: int = 384              # width d
+    n_head: int = 6
+    block_size: int = 180          # longest input the learned positions cover (addition at L=50 is 153)
+    vocab_size: int = 14           # "0123456789|+=\n", see tasks.py
+    dropout: float = 0.1           # on the attention and MLP outputs
+    n_outer: int = 2               # H: outer cycles per ACT step (nested rungs only)
+    n_inner: int = 2               # L: z-updates per outer cycle (nested rungs only)
+    ponder_weight: float = 0.0     # ACT ponder cost weight; the paper uses 0
+    full_grad: bool = False        # extension: nested rungs backprop through every pass (no detach, no no_grad)
+    deep_supervision: bool = False # extension: loss on y after every step, state detached between steps (TRM)
+    halt_loss: bool = False        # extension: train ar_trm's halting head with BCE on "answer exactly right"
+
+    def __post_init__(self):
+        if self.model not in RUNGS:
+            raise ValueError(f"unknown model {self.model!r}; choose from {', '.join(RUNGS)}")
+        if self.budget <= 0 or self.budget % self.passes_per_step:
+            k = self.passes_per_step
+            raise ValueError(f"budget {self.budget} is impossible for {self.model}: it spends {k} block "
+                             f"passes per step, so the budget must be a multiple of {k} "
+                             f"(e.g. {', '.join(str(k * i) for i in range(1, 5))})")
+        if (self.full_grad or self.deep_supervision) and not self.rung.nested:
+            raise ValueError("full_grad and deep_supervision change the truncated gradients of nested_ut and ar_trm only")
+        if self.halt_loss and self.rung.halting != "binary":
+            raise ValueError("halt_loss trains ar_trm's binary halting head; other rungs have none")
+
+    @property
+    def rung(self):
+        return LADDER[self.model]
+
+    @property
+    def passes_per_step(self):
+        if not self.rung.two_streams:
+            return 1
+        return self.n_outer * (self.n_inner + 1) if self.rung.nested else 2
+
+    @property
+    def n_steps(self):  # N, the depth the budget buys this rung
+        return self.budget // self.passes_per_step
+
+# -----------------------------------------------------------------------------
+# Readouts: how the per-step answers y_1..y_N become the output.
+
+class FinalReadout:
+    """Rungs 1-3: the output is the last state."""
+
+    def __init__(self, model, y):
+        self.out, self.steps = None, torch.zeros(y.shape[:2], device=y.device)  # steps: (B, T)
+
+    def update(self, y, last):
+        self.out, self.steps = y, self.steps + 1
+        return False
+
+
+class ACTReadout:
+    """Rungs 4-6: Graves-style ACT per position (as in the Universal Transformer).
+    A position halts once its cumulative halting probability reaches HALT_THRESHOLD
+    and adds its remainder; at the last step every running position adds its remainder.
+    Halted positions are still computed (others attend to them), they just stop adding
+    to the output. The caller exits early only when the whole batch has halted."""
+
+    def __init__(self, model, y):
+        self.halt = model.halt
+        B, T, _ = y.shape
+        self.cum = torch.zeros(B, T, device=y.device)     # cumulative halting probability
+        self.rem = torch.zeros(B, T, device=y.device)     # remainder, set when a position halts
+        self.steps = torch.zeros(B, T, device=y.device)   # ACT n_updates
+        self.out = torch.zeros_like(y)
+
+    def update(self, y, last):
+        p = torch.sigmoid(self.halt(y)).squeeze(-1)                             # (B, T)
+        running = (self.cum < HALT_THRESHOLD).float()
+        halting = running if last else (self.cum + p * running > HALT_THRESHOLD).float() * running
+        running = running - halting                      # still running after this step
+        self.steps = self.steps + running + halting
+        self.cum = self.cum + p * running
+        self.rem = self.rem + halting * (1 - self.cum)   # a halting position adds what is left
+        weight = p * running + halting * self.rem                               # (B, T)
+        self.cum = self.cum + halting * self.rem
+        self.out = self.out + weight.unsqueeze(-1) * y                          # (B, T, C)
+        return not bool((self.cum < HALT_THRESHOLD).any())  # the one sync per step
+
+    def ponder_cost(self):
+        return (self.steps + self.rem).mean()
+
+
+class HaltReadout:
+    """Rung 7: a binary halting head reads y at position 0, as in the authors' code
+    (position 0 sees only the first token, so halting stays causal, but it also cannot
+    tell whether the answer is right). A sequence halts when its logit > 0 or at the
+    last step, and its output is y at that step.
+    Quirk kept from the paper: the head starts at weight 0, bias -5 and, in the
+    authors' code, gets no loss, so it never fires and every forward runs the whole
+    budget. Only halt_loss=True (an extension) trains it."""
+
+    def __init__(self, model, y):
+        self.halt = model.halt
+        B, T, _ = y.shape
+        self.done = torch.zeros(B, dtype=torch.bool, device=y.device)
+        self.steps = torch.zeros(B, T, device=y.device)
+        self.out = torch.zeros_like(y)
+
+    def update(self, y, last):
+        stop = (self.halt(y[:, 0]).squeeze(-1) > 0) | last                      # (B,)
+        self.out = torch.where((stop & ~self.done)[:, None, None], y, self.out)  # (B, T, C)
+        self.steps = self.steps + (~self.done).float().unsqueeze(-1)
+        self.done = self.done | stop
+        return bool(self.done.all())
+
+
+READOUTS = {None: FinalReadout, "act": ACTReadout, "binary": HaltReadout}
+
+
+def cross_entropy(logits, targets):
+    """Mean next-token loss over the answer tokens; prompt positions hold IGNORE_INDEX."""
+    return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=IGNORE_INDEX)
+
+# -----------------------------------------------------------------------------
+# The model: one class for every rung.
+
+class Model(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        rung, d = config.rung, config.n_embd
+        self.wte = nn.Embedding(config.vocab_size, d)
+        self.wpe = nn.Embedding(config.block_size, d)  # learned absolute positions, no RoPE
+        # rung 1 has N distinct blocks; rungs 2-7 evaluate one block again and again
+        self.blocks = nn.ModuleList(Block(config) for _ in range(1 if rung.tied else config.n_steps))
+        if rung.step_emb:
+            self.step_emb = nn.Embedding(config.n_steps, d)  # s_t, added to every block call of step t
+        if rung.two_streams:  # y (answer) and z (latent) start from learned vectors
+            self.y_init = nn.Parameter(torch.zeros(d))
+            self.z_init = nn.Parameter(torch.zeros(d))
+        if rung.halting:
+            self.halt = nn.Linear(d, 1)
+        self.ln_f = nn.LayerNorm(d)
+        self.lm_head = nn.Linear(d, config.vocab_size, bias=False)  # not tied to wte
+        self.apply(self._init_weights)
+        for p in (getattr(self, "y_init", None), getattr(self, "z_init", None)):
+            if p is not None:
+                nn.init.normal_(p, std=0.02)
+        if rung.halting == "binary":  # TRM's q-head init: starts far from halting
+            nn.init.zeros_(self.halt.weight)
+            nn.init.constant_(self.halt.bias, -5.0)
+        self.last_steps = None  # (B, T) steps each position ran in the latest forward (see executed passes)
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    @property
+    def truncated(self):  # rungs 6-7 as in the authors' code: detach per step, no_grad cycles
+        return self.config.rung.nested and not self.config.full_grad
+
+    @property
+    def grad_every_step(self):
+        # With truncation and a final-only readout (ar_trm), only the last step's output
+        # can ever receive gradient, so earlier steps need no autograd graph at all.
+        c = self.config
+        return not self.truncated or c.rung.halting == "act" or c.deep_supervision or c.halt_loss
+
+    def block(self, t):
+        return self.blocks[0 if self.config.rung.tied else t]
+
+    def step(self, x, y, z, t):
+        """The block passes of step t. Single stream: y is h and z is unused."""
+        c = self.config
+        s = self.step_emb.weight[t] if c.rung.step_emb else 0  # (C,)
+        if not c.rung.two_streams:
+            return self.block(t)(y + s), z
+        f = self.block(t)
+        n_outer, n_inner = (c.n_outer, c.n_inner) if c.rung.nested else (1, 1)
+        for cycle in range(n_outer):
+            # truncated gradients: only the last outer cycle builds a graph
+            with torch.set_grad_enabled(torch.is_grad_enabled() and (cycle == n_outer - 1 or not self.truncated)):
+                for _ in range(n_inner):
+                    z = f(x + y + z + s)  # the latent sees the question x ...
+                y = f(y + z + s)          # ... the answer does not: that tells f which job it does
+        return y, z
+
+    def forward(self, idx, targets=None):
+        c = self.config
+        B, T = idx.size()
+        if T > c.block_size:
+            raise ValueError(f"sequence of length {T} is longer than block_size {c.block_size}")
+        pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        x = self.wte(idx) + self.wpe(pos)                                       # (B, T, C)
+        y = self.y_init.expand(B, T, -1) if c.rung.two_streams else x           # (B, T, C)
+        z = self.z_init.expand(B, T, -1) if c.rung.two_streams else None        # (B, T, C)
+        readout = READOUTS[c.rung.halting](self, y)
+        ce_steps, bce_steps = [], []  # per-step losses, only for the extensions
+        for t in range(c.n_steps):
+            if self.truncated:  # each step starts from a detached state
+                y, z = y.detach(), z.detach()
+            with torch.set_grad_enabled(torch.is_grad_enabled() and (self.grad_every_step or t == c.n_steps - 1)):
+                y, z = self.step(x, y, z, t)
+            if targets is not None and (c.deep_supervision or c.halt_loss):
+                ce, bce = self.step_losses(y, targets)
+                ce_steps.append(ce)
+                bce_steps.append(bce)
+            if readout.update(y, t == c.n_steps - 1):
+                break
+        self.last_steps = readout.steps.detach()
+        logits = self.lm_head(self.ln_f(readout.out))                           # (B, T, V)
+        if targets is None:
+            return logits, None
+        loss = torch.stack(ce_steps).mean() if c.deep_supervision else cross_entropy(logits, targets)
+        if c.halt_loss:
+            loss = loss + torch.stack(bce_steps).mean()
+        if c.rung.halting == "act" and c.ponder_weight:
+            loss = loss + c.ponder_weight * readout.ponder_cost()
+        return logits, loss
+
+    def step_losses(self, y, targets):
+        """Extensions: the loss of one step's answer y (deep supervision) and, with
+        halt_loss, TRM's halting BCE against 'every answer token is already right'."""
+        logits = self.lm_head(self.ln_f(y))                                     # (B, T, V)
+        ce = cross_entropy(logits, targets)
+        if not self.config.halt_loss:
+            return ce, None
+        right = ((logits.argmax(-1) == targets) | (targets == IGNORE_INDEX)).all(dim=1)  # (B,)
+        q = self.halt(y[:, 0]).squeeze(-1)                                      # (B,)
+        return ce, F.binary_cross_entropy_with_logits(q, right.float())
+
+    # -------------------------------------------------------------------------
+    # Compute accounting: the currency is block passes per token.
+
+    def compute_stats(self, seq_len=None, steps=None):
+        """Parameters, block passes per token per forward (at the maximum), how many of
+        them carry gradient in training, and training FLOPs per token: the forward FLOPs
+        of every matmul plus 2x for the backward of the passes that carry gradient.
+        A block pass costs 24 d^2 (qkv 6, proj 2, mlp 16) plus 4 d * ctx for attention,
+        with ctx = (T+1)/2 keys on average under the causal mask. Embedding lookups,
+        LayerNorms and softmaxes are not counted. `steps` (mean steps a position ran,
+        for halting rungs) gives the FLOPs actually spent instead of the ceiling."""
+        c = self.config
+        T = seq_len or c.block_size
+        d, N = c.n_embd, steps or c.n_steps
+        grad_steps = N if self.grad_every_step else 1
+        grad_passes = grad_steps * (c.n_inner + 1 if self.truncated else c.passes_per_step)
+        pass_flops = 24 * d * d + 4 * d * (T + 1) / 2
+        head_flops = (N if c.deep_supervision or c.halt_loss else 1) * 2 * d * c.vocab_size  # lm_head readouts
+        halt_flops = {None: 0, "act": 2 * d, "binary": 2 * d / T}[c.rung.halting]  # per step; binary: position 0
+        fwd = N * c.passes_per_step * pass_flops + head_flops + N * halt_flops
+        bwd = 2 * (grad_passes * pass_flops + head_flops + grad_steps * halt_flops)
+        return {
+            "params": sum(p.numel() for p in self.parameters()),
+            "block_passes": c.budget,
+            "grad_block_passes": grad_passes,
+            "train_flops_per_token": fwd + bwd,
+        }
+
+    # -------------------------------------------------------------------------
+
+    def configure_optimizers(self, lr, weight_decay=0.01, betas=(0.9, 0.999)):
+        # AdamW with decay on matrices only (nanoGPT's convention): biases, LayerNorm
+        # gains, the y/z init vectors stay undecayed.
+        decay = [p for p in self.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.parameters() if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=0.0, generator=None):
+        """Decode a whole batch at once. temperature 0 is greedy; the paper's code
+        samples at temperature 1. No KV cache: the depth recurrence halts per forward."""
+        for _ in range(max_new_tokens):
+            logits, _ = self(idx)
+            logits = logits[:, -1, :]                                            # (B, V)
+            if temperature > 0:
+                probs = F.softmax(logits / temperature, dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator)          # (B, 1)
+            else:
+                nxt = logits.argmax(dim=-1, keepdim=True)                        # (B, 1)
+            idx = torch.cat((idx, nxt), dim=1)
+        return idx

@@ -1,0 +1,700 @@
+"""
+Train and evaluate rungs of the ladder, and compare them at a matched budget.
+
+    python train.py --model ar_trm --task reverse          # one run (laptop preset)
+    python train.py --model all --task all --seeds 3       # the compute-matched comparison
+    python train.py --model all --task addition --preset paper
+    python train.py --eval_only --model dense --task reverse --eval_lengths 6,8
+    python train.py --bench --model dense --preset paper   # speed figures for this machine
+
+Every run prints and stores its parameters, block passes per token (the budget and
+what was actually executed), the passes that carry gradient, and training FLOPs.
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import signal
+import statistics
+import sys
+import time
+from dataclasses import asdict, fields
+
+import torch
+
+import artrm
+import tasks
+from artrm import Config, Model, RUNGS
+from tasks import TASKS
+
+# -----------------------------------------------------------------------------
+# Defaults. The laptop preset is the default; --preset paper is the paper's setting.
+# Any flag given explicitly overrides the preset.
+DEFAULTS = dict(
+    model="ar_trm",        # a rung, a comma list of rungs, or "all"
+    task="reverse",        # a task, a comma list of tasks, or "all"
+    seed=1337,             # first seed; data stream and init both derive from it
+    seeds=1,               # run seeds seed .. seed+seeds-1
+    budget=12,             # block passes per token per forward (must suit every rung asked for)
+    n_embd=64,             # width d
+    n_head=4,
+    dropout=0.0,           # on attention and MLP outputs
+    block_size=64,         # longest input the learned positions cover
+    n_outer=2,             # H, nested rungs
+    n_inner=2,             # L, nested rungs
+    ponder_weight=0.0,     # ACT ponder cost weight (the paper: 0)
+    full_grad=False,       # extension: nested rungs backprop through every pass
+    deep_supervision=False,  # extension: loss on y after every step (TRM)
+    halt_loss=False,       # extension: train ar_trm's halting head (TRM)
+    n_digits=6,            # training operand length L
+    eval_lengths="6,8",    # comma list of operand lengths to evaluate
+    eval_examples=100,     # fixed held-out examples per length
+    eval_interval=250,     # evaluate every this many iters (and at the end)
+    log_interval=50,       # progress line every this many iters
+    max_iters=1200,        # training iterations (one fresh batch each)
+    batch_size=64,
+    lr=1e-3,               # AdamW peak learning rate
+    weight_decay=0.01,
+    warmup_iters=100,      # linear warm-up
+    decay_lr=True,         # cosine decay to lr/10 after warm-up (False: constant, as the paper)
+    grad_clip=1.0,         # clip the gradient norm at this (0: off, as the paper)
+    temperature=0.0,       # evaluation decoding: 0 greedy, 1 samples as the paper's code
+    device="auto",         # auto | cpu | cuda | mps (auto: cuda, then mps, then cpu)
+    compile=False,         # torch.compile the model (CUDA only; off by default)
+    out_dir="out",         # results.json, results.md and one directory per run
+    ckpt_interval=0,       # also checkpoint every this many iters (0: only at the end)
+    resume=False,          # continue runs from their checkpoints; in compare mode skip finished runs
+    eval_only=False,       # evaluate saved checkpoints, no training
+    ckpt="",               # with --eval_only: a checkpoint file to evaluate (default: the run's own)
+    plot=False,            # write PNG plots (needs matplotlib)
+    bench=False,           # time training and evaluation instead of training a run
+)
+PRESETS = {
+    "laptop": {},  # the DEFAULTS above: whole ladder x 3 tasks in minutes on 2 CPU cores
+    "paper": dict(budget=24, n_embd=384, n_head=6, dropout=0.1, block_size=180, n_digits=10,
+                  eval_lengths="10,20,30,40,50", eval_examples=100, eval_interval=250,
+                  max_iters=5000, batch_size=64, lr=3e-4, weight_decay=0.01, warmup_iters=0,
+                  decay_lr=False, grad_clip=0.0),
+}
+EVAL_SEED = 10_000_019  # held-out examples come from their own stream, apart from training's
+HELP = {line.split("=")[0].strip(): line.split("#", 1)[1].strip()
+        for line in open(__file__).read().split("DEFAULTS = dict(")[1].split("\n)")[0].splitlines()
+        if "#" in line and "=" in line}
+
+
+class UserError(Exception):
+    """Bad input: reported as one line, never a traceback."""
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="laptop", help="named settings (default: laptop)")
+    for k, v in DEFAULTS.items():
+        paper = f"; paper: {PRESETS['paper'][k]}" if k in PRESETS["paper"] else ""
+        h = f"{HELP.get(k, '')} (default: {v}{paper})"
+        if isinstance(v, bool):
+            p.add_argument(f"--{k}", action=argparse.BooleanOptionalAction, default=None, help=h)
+        else:
+            p.add_argument(f"--{k}", type=type(v), default=None, metavar=type(v).__name__.upper(), help=h)
+    a = p.parse_args(argv)
+    given = {k: v for k, v in vars(a).items() if v is not None and k != "preset"}
+    args = argparse.Namespace(**{**DEFAULTS, **PRESETS[a.preset], **given, "preset": a.preset})
+    args.models = expand(args.model, RUNGS, "model")
+    args.tasks = expand(args.task, TASKS, "task")
+    args.eval_lengths = [int(s) for s in str(args.eval_lengths).split(",") if s.strip()] if args.eval_lengths else []
+    return args
+
+
+def expand(value, choices, what):
+    names = list(choices) if value == "all" else [s.strip() for s in value.split(",") if s.strip()]
+    for n in names:
+        if n not in choices:
+            raise UserError(f"unknown {what} {n!r}; choose from {', '.join(choices)} or all")
+    return names
+
+
+def model_config(args, model):
+    keys = {f.name for f in fields(Config)}
+    return Config(**{k: v for k, v in vars(args).items() if k in keys and k != "model"}, model=model,
+                  vocab_size=len(tasks.VOCAB))
+
+
+def validate(args):
+    """Check everything before any run starts, so bad input never costs a finished run."""
+    for name in ("n_digits", "max_iters", "batch_size", "eval_examples", "seeds", "eval_interval", "log_interval"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name} must be positive, got {getattr(args, name)}")
+    if any(n <= 0 for n in args.eval_lengths):
+        raise UserError(f"--eval_lengths must be positive, got {args.eval_lengths}")
+    for m in args.models:
+        try:
+            model_config(args, m)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    for task in args.tasks:
+        for n in [args.n_digits] + args.eval_lengths:
+            if tasks.seq_len(task, n) > args.block_size:
+                raise UserError(f"{task} at length {n} needs {tasks.seq_len(task, n)} tokens, more than "
+                                f"--block_size {args.block_size}")
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise UserError(f"--out_dir {args.out_dir} is a file, not a directory")
+    if args.compile and args.device != "cuda":
+        raise UserError("--compile is offered on CUDA only")
+
+
+def get_device(name):
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    if name not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unknown device {name!r}; choose from auto, cpu, cuda, mps")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda is not available on this machine")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("device mps is not available on this machine")
+    return name
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+    elif device == "mps":
+        torch.mps.synchronize()
+
+# -----------------------------------------------------------------------------
+# Executed compute: what the halting rungs actually spend (the budget is a ceiling).
+
+class PassMeter:
+    """Counts, over the forwards of a model, the steps each position was still running
+    (ACT n_updates) and how many forwards exited early because the whole batch halted."""
+
+    def __init__(self, model):
+        self.steps_per_forward = model.config.n_steps
+        self.reset()
+        model.register_forward_hook(self.hook)
+
+    def reset(self):
+        self.forwards, self.early, self.steps = 0, 0, 0.0
+
+    def hook(self, model, inputs, output):
+        self.forwards += 1
+        self.steps = self.steps + model.last_steps.mean()  # a tensor: no device sync here
+        self.early += int(model.last_steps.max() < self.steps_per_forward)
+
+    def mean_steps(self):
+        return float(self.steps) / max(self.forwards, 1)
+
+    def early_fraction(self):
+        return self.early / max(self.forwards, 1)
+
+# -----------------------------------------------------------------------------
+# Evaluation: batched decoding of the answer from the prompt, no teacher forcing.
+
+def eval_set(task, n_digits, n_examples, device):
+    g = torch.Generator().manual_seed(EVAL_SEED + n_digits)  # fixed, identical on every device
+    return tasks.make_examples(task, n_digits, n_examples, g).to(device)
+
+
+@torch.no_grad()
+def evaluate(model, task, lengths, n_examples, device, temperature=0.0, show=0):
+    was_training = model.training
+    model.eval()
+    results = {}
+    for n in lengths:
+        ex = eval_set(task, n, n_examples, device)
+        P, A = tasks.prompt_len(task, n), tasks.answer_len(task, n)
+        g = torch.Generator(device=device).manual_seed(EVAL_SEED) if temperature > 0 else None
+        out = model.generate(ex[:, :P], A, temperature=temperature, generator=g)
+        right = out[:, P:] == ex[:, P:P + A]                                    # (B, A)
+        results[str(n)] = {"char_acc": right.float().mean().item(),
+                           "seq_acc": right.all(1).float().mean().item(),
+                           "pos_acc": [round(v, 4) for v in right.float().mean(0).tolist()]}
+        for i in torch.nonzero(~right.all(1)).flatten()[:show].tolist():
+            said = tasks.decode(out[i, :P + A]).replace("\n", "\\n")
+            print(f"  L={n}: model says {said} but it is {tasks.decode(ex[i, P:P + A])}")
+    model.train(was_training)
+    return results
+
+# -----------------------------------------------------------------------------
+# Checkpoints: written to a temporary file, then renamed, so a kill at any instant
+# leaves the old checkpoint or the new one, never a torn one.
+
+def save_checkpoint(path, state):
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, foreign file: all one message
+        raise UserError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+
+
+def check_matches(ckpt, config, path):
+    mismatch = [f"{k}: checkpoint {ckpt['config'].get(k)!r} vs asked {v!r}"
+                for k, v in asdict(config).items() if ckpt["config"].get(k) != v]
+    if mismatch:
+        raise UserError(f"checkpoint {path} does not match the requested config ({'; '.join(mismatch)}); "
+                        f"use another --out_dir, or --eval_only to evaluate it as it is")
+
+# -----------------------------------------------------------------------------
+# One run: train one rung on one task with one seed.
+
+def get_lr(it, args):
+    if it < args.warmup_iters:
+        return args.lr * (it + 1) / args.warmup_iters
+    if not args.decay_lr:
+        return args.lr
+    ratio = (it - args.warmup_iters) / max(1, args.max_iters - args.warmup_iters)
+    return args.lr / 10 + 0.5 * (1 + math.cos(math.pi * ratio)) * (args.lr - args.lr / 10)
+
+
+def run_name(task, model, seed):
+    return f"{task}_{model}_s{seed}"
+
+
+def train_run(args, task, rung, seed, device, label=""):
+    """Train (or resume) one run and return its results record."""
+    config = model_config(args, rung)
+    run_dir = os.path.join(args.out_dir, run_name(task, rung, seed))
+    ckpt_path = os.path.join(run_dir, "ckpt.pt")
+    ckpt = None
+    if args.resume and os.path.exists(ckpt_path):
+        ckpt = load_checkpoint(ckpt_path)
+        check_matches(ckpt, config, ckpt_path)
+    os.makedirs(run_dir, exist_ok=True)
+
+    torch.manual_seed(seed)  # model init and dropout
+    model = Model(config).to(device)
+    optimizer = model.configure_optimizers(args.lr, args.weight_decay)
+    data_gen = torch.Generator(device=device).manual_seed(seed)  # the data stream, apart from init
+    meter = PassMeter(model)
+    T = tasks.seq_len(task, args.n_digits)
+    stats = model.compute_stats(T)
+    it, history, wall, steps_sum, steps_n = 0, [], 0.0, 0.0, 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        data_gen.set_state(ckpt["data_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        if device == "cuda" and "cuda_rng" in ckpt:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"])
+        it, history, wall = ckpt["iter"], ckpt["history"], ckpt["wall_s"]
+        steps_sum, steps_n = ckpt["train_steps_sum"], ckpt["train_steps_n"]
+        print(f"{label}resuming {run_dir} from iter {it}")
+    fwd = torch.compile(model) if args.compile else model  # the uncompiled model is what we save
+
+    print(f"{label}{run_name(task, rung, seed)}: {describe(config, stats, T)}")
+
+    def checkpoint():
+        save_checkpoint(ckpt_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": asdict(config),
+            "iter": it, "data_rng": data_gen.get_state(), "torch_rng": torch.get_rng_state(),
+            **({"cuda_rng": torch.cuda.get_rng_state()} if device == "cuda" else {}),
+            "history": history, "wall_s": wall, "train_steps_sum": steps_sum, "train_steps_n": steps_n,
+            "task": task, "seed": seed, "n_digits": args.n_digits})
+
+    model.train()
+    t_log, tokens_log, loss = time.time(), 0, None
+    try:
+        while it < args.max_iters:
+            for group in optimizer.param_groups:
+                group["lr"] = get_lr(it, args)
+            idx, targets = tasks.get_batch(task, args.n_digits, args.batch_size, data_gen, device)
+            logits, loss = fwd(idx, targets)
+            lossf = loss.item()
+            if not math.isfinite(lossf):
+                raise FloatingPointError(f"loss is {lossf} at iter {it}; the last good checkpoint is kept")
+            steps_sum, steps_n = steps_sum + float(model.last_steps.mean()), steps_n + 1
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if args.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+            optimizer.step()
+            it += 1
+            tokens_log += idx.numel()
+            if it % args.log_interval == 0 or it == args.max_iters:
+                sync(device)
+                dt = time.time() - t_log
+                wall += dt
+                mask = targets != artrm.IGNORE_INDEX
+                tok_acc = (logits.argmax(-1)[mask] == targets[mask]).float().mean().item()
+                eta = wall / it * (args.max_iters - it) if it else 0.0
+                print(f"{label}iter {it:05d}/{args.max_iters:05d} ({100 * it / args.max_iters:5.1f}%) | "
+                      f"loss {lossf:.4f} | tok_acc {tok_acc:.3f} | passes "
+                      f"{steps_sum / steps_n * config.passes_per_step:.1f}/{config.budget} | "
+                      f"{tokens_log / dt:,.0f} tok/s | eta {fmt_time(eta)}")
+                t_log, tokens_log = time.time(), 0
+            if it % args.eval_interval == 0 or it == args.max_iters:
+                sync(device)
+                t_eval = time.time()
+                ev = evaluate(model, task, [args.n_digits], args.eval_examples, device, args.temperature)
+                r = ev[str(args.n_digits)]
+                history.append({"iter": it, "loss": lossf, "char_acc": r["char_acc"], "seq_acc": r["seq_acc"],
+                                "last_acc": r["pos_acc"][-1]})
+                print(f"{label}eval iter {it}: L={args.n_digits} char_acc {r['char_acc']:.3f} "
+                      f"seq_acc {r['seq_acc']:.3f}")
+                t_log += time.time() - t_eval  # evaluation stays out of the training clock
+            if args.ckpt_interval and it % args.ckpt_interval == 0 and it < args.max_iters:
+                checkpoint()
+    except KeyboardInterrupt:
+        checkpoint()
+        raise Interrupted(f"interrupted at iter {it}; checkpoint saved to {ckpt_path}. Resume with: "
+                          f"python {' '.join(sys.argv)} --resume") from None
+    checkpoint()
+
+    meter.reset()
+    final = evaluate(model, task, args.eval_lengths, args.eval_examples, device, args.temperature, show=3)
+    exec_train = steps_sum / max(steps_n, 1)
+    return {
+        "model": rung, "task": task, "seed": seed, "budget": config.budget, "n_digits": args.n_digits,
+        "iters": it, **stats,
+        "executed_block_passes_train": exec_train * config.passes_per_step,
+        "executed_block_passes_eval": meter.mean_steps() * config.passes_per_step,
+        "early_exit_fraction_eval": meter.early_fraction(),
+        "executed_train_flops_per_token": model.compute_stats(T, steps=exec_train)["train_flops_per_token"],
+        "train_tokens": it * args.batch_size * T,
+        "wall_s": wall, "final_loss": loss.item() if loss is not None else history[-1]["loss"],
+        "eval": final, "history": history, "status": "ok",
+        "config": run_config(args), "device": device, "torch": torch.__version__,
+    }
+
+
+class Interrupted(Exception):
+    pass
+
+
+def describe(config, stats, T):
+    return (f"{stats['params']:,} params | {config.n_steps} steps x {config.passes_per_step} = "
+            f"{stats['block_passes']} block passes/token, {stats['grad_block_passes']} with gradient | "
+            f"{stats['train_flops_per_token'] / 1e6:.1f} MFLOP/token to train (T={T})")
+
+
+def run_config(args):
+    """The settings that define a run (not where it is written or how it is driven)."""
+    skip = {"model", "task", "seed", "seeds", "out_dir", "resume", "eval_only", "ckpt", "plot", "bench",
+            "device", "compile", "ckpt_interval", "models", "tasks"}
+    return {k: v for k, v in vars(args).items() if k not in skip}
+
+
+def fmt_time(s):
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+# -----------------------------------------------------------------------------
+# Results: results.json is a list of run records, appended as each run finishes.
+
+def read_results(path):
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path) as f:
+            records = json.load(f)
+        assert isinstance(records, list)
+        return records
+    except (ValueError, AssertionError):
+        raise UserError(f"{path} is not a JSON list of run records; move it away (it is left as it is)") from None
+
+
+def append_result(path, record):
+    records = read_results(path) + [record]
+    with open(path + ".tmp", "w") as f:
+        json.dump(records, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def find_finished(records, task, rung, seed, config):
+    for r in records:
+        if (r.get("status") == "ok" and (r["task"], r["model"], r["seed"]) == (task, rung, seed)
+                and r.get("config") == config):
+            return r
+    return None
+
+
+def mean_std(values):
+    values = list(values)
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def pm(values, digits=3):
+    m, s = mean_std(values)
+    return f"{m:.{digits}f}±{s:.{digits}f}"
+
+
+def quarters(pos_acc):
+    """Accuracy by output quarter, Q1 = earliest digits."""
+    n = len(pos_acc)
+    return [statistics.mean(pos_acc[q * n // 4: max((q + 1) * n // 4, q * n // 4 + 1)]) for q in range(4)]
+
+
+def table_rows(records, lengths):
+    """One row per rung (ladder order), each value mean±std over that rung's seeds."""
+    header = ["model", "seeds", "params", "passes exec/budget", "grad", "train MFLOP/tok exec (ceiling)",
+              "wall s", "loss"] + [f"{k} L={n}" for n in lengths for k in ("char", "seq")]
+    rows = []
+    for rung in RUNGS:
+        rs = [r for r in records if r["model"] == rung and r.get("status") == "ok"]
+        if not rs:
+            if any(r["model"] == rung for r in records):
+                rows.append([rung, "failed"] + [""] * (len(header) - 2))
+            continue
+        row = [rung, str(len(rs)), f"{rs[0]['params']:,}",
+               f"{statistics.mean(r['executed_block_passes_train'] for r in rs):.1f}/{rs[0]['block_passes']}",
+               str(rs[0]["grad_block_passes"]),
+               f"{statistics.mean(r['executed_train_flops_per_token'] for r in rs) / 1e6:.2f} "
+               f"({rs[0]['train_flops_per_token'] / 1e6:.2f})",
+               f"{statistics.mean(r['wall_s'] for r in rs):.0f}", pm((r["final_loss"] for r in rs), 3)]
+        for n in lengths:
+            row += [pm(r["eval"][str(n)]["char_acc"] for r in rs), pm(r["eval"][str(n)]["seq_acc"] for r in rs)]
+        rows.append(row)
+    return header, rows
+
+
+def format_table(header, rows, markdown=False):
+    if markdown:
+        return "\n".join("| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header)] + rows)
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header] + rows)
+
+
+def position_chart(records, n_digits):
+    """Accuracy by output position at the training length, one row per rung."""
+    bars = " ▁▂▃▄▅▆▇█"
+    lines = []
+    for rung in RUNGS:
+        rs = [r for r in records if r["model"] == rung and r.get("status") == "ok"]
+        if rs and str(n_digits) in rs[0]["eval"]:
+            acc = [statistics.mean(v) for v in zip(*(r["eval"][str(n_digits)]["pos_acc"] for r in rs))]
+            q = " ".join(f"{v:.2f}" for v in quarters(acc))
+            lines.append(f"{rung:<10} |{''.join(bars[round(a * 8)] for a in acc)}|  Q1..Q4 {q}")
+    return "\n".join(lines)
+
+
+def report(records, args):
+    md = [f"# Results ({args.preset} preset, budget {args.budget}, train L={args.n_digits}, "
+          f"{args.max_iters} iters, seeds {args.seed}..{args.seed + args.seeds - 1})", "",
+          f"torch {torch.__version__}, {platform.machine()} {platform.processor() or ''}".strip(), ""]
+    for task in args.tasks:
+        rs = [r for r in records if r["task"] == task]
+        header, rows = table_rows(rs, args.eval_lengths)
+        chart = position_chart(rs, args.n_digits)
+        print(f"\n== {task}: mean±std over seeds; passes are per token per forward\n")
+        print(format_table(header, rows))
+        print(f"\naccuracy by output position at L={args.n_digits} (first digit left; ' '=0, █=1)\n{chart}")
+        md += [f"## {task}", "", format_table(header, rows, markdown=True), "",
+               f"Accuracy by output position at L={args.n_digits}:", "", "```", chart, "```", ""]
+    with open(os.path.join(args.out_dir, "results.md"), "w") as f:
+        f.write("\n".join(md))
+
+# -----------------------------------------------------------------------------
+# Drivers: compare (one run is a comparison of one), eval-only, plots.
+
+def compare(args, device):
+    os.makedirs(args.out_dir, exist_ok=True)
+    results_path = os.path.join(args.out_dir, "results.json")
+    previous = read_results(results_path)  # refuse a damaged file before any work
+    runs = [(t, m, s) for t in args.tasks for m in args.models for s in range(args.seed, args.seed + args.seeds)]
+    print(f"device {device}, torch {torch.__version__}, preset {args.preset}: {len(runs)} run(s)")
+    print("config: " + json.dumps(run_config(args)))
+    records, t0, trained = [], time.time(), 0
+    for i, (task, rung, seed) in enumerate(runs):
+        label = f"[{i + 1}/{len(runs)}] " if len(runs) > 1 else ""
+        done = find_finished(previous, task, rung, seed, run_config(args)) if args.resume else None
+        if done is not None:
+            print(f"{label}{run_name(task, rung, seed)} is finished in {results_path}; skipped")
+            records.append(done)
+            continue
+        if trained:
+            eta = (time.time() - t0) / trained * (len(runs) - i)
+            print(f"{label}comparison eta {fmt_time(eta)} for the {len(runs) - i} run(s) left")
+        try:
+            record = train_run(args, task, rung, seed, device, label)
+        except (UserError, Interrupted):
+            raise
+        except Exception as e:  # a diverged (or broken) run is recorded, the comparison goes on
+            if not isinstance(e, FloatingPointError):
+                import traceback
+                traceback.print_exc()
+            print(f"{label}run {run_name(task, rung, seed)} failed: {e}", file=sys.stderr)
+            record = {"model": rung, "task": task, "seed": seed, "status": "failed",
+                      "error": f"{type(e).__name__}: {e}", "config": run_config(args)}
+        trained += 1
+        append_result(results_path, record)
+        records.append(record)
+    report(records, args)
+    if args.plot:
+        plot(records, args)
+    print(f"\nwrote {results_path} and {os.path.join(args.out_dir, 'results.md')} "
+          f"({fmt_time(time.time() - t0)} in all)")
+    return 1 if any(r["status"] != "ok" for r in records) else 0
+
+
+def eval_only(args, device):
+    for task in args.tasks:
+        for rung in args.models:
+            for seed in range(args.seed, args.seed + args.seeds):
+                path = args.ckpt or os.path.join(args.out_dir, run_name(task, rung, seed), "ckpt.pt")
+                ckpt = load_checkpoint(path)
+                task = ckpt.get("task", task)
+                config = Config(**ckpt["config"])
+                for n in args.eval_lengths:
+                    if tasks.seq_len(task, n) > config.block_size:
+                        raise UserError(f"{task} at length {n} needs {tasks.seq_len(task, n)} tokens, more "
+                                        f"than the checkpoint's block_size {config.block_size}")
+                model = Model(config).to(device)
+                model.load_state_dict(ckpt["model"])
+                print(f"{path}: {config.model} on {task}, iter {ckpt['iter']}")
+                res = evaluate(model, task, args.eval_lengths, args.eval_examples, device, args.temperature, show=3)
+                for n, r in res.items():
+                    print(f"  L={n}: char_acc {r['char_acc']:.3f} seq_acc {r['seq_acc']:.3f} "
+                          f"pos_acc {' '.join(f'{v:.2f}' for v in r['pos_acc'])}")
+                if args.ckpt:
+                    return 0
+    return 0
+
+
+def plot(records, args):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("--plot needs matplotlib, which is not installed: pip install matplotlib", file=sys.stderr)
+        return
+    for task in args.tasks:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+        for rung in RUNGS:
+            rs = [r for r in records if r["task"] == task and r["model"] == rung and r.get("status") == "ok"]
+            if not rs:
+                continue
+            acc = [statistics.mean(v) for v in zip(*(r["eval"][str(args.n_digits)]["pos_acc"] for r in rs))]
+            ax1.plot(range(1, len(acc) + 1), acc, marker="o", label=rung)
+            h = rs[0]["history"]
+            flops = [e["iter"] / rs[0]["iters"] * rs[0]["executed_train_flops_per_token"] * rs[0]["train_tokens"]
+                     for e in h]
+            ax2.plot(flops, [statistics.mean(r["history"][i]["char_acc"] for r in rs) for i in range(len(h))],
+                     label=rung)
+        ax1.set(title=f"{task}: accuracy by output position (L={args.n_digits})", xlabel="output position",
+                ylabel="accuracy", ylim=(0, 1.02))
+        ax2.set(title=f"{task}: char_acc vs training FLOPs", xlabel="training FLOPs (executed)",
+                ylabel="char_acc", xscale="log", ylim=(0, 1.02))
+        ax1.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(args.out_dir, f"{task}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        print(f"wrote {path}")
+
+
+# -----------------------------------------------------------------------------
+# Benchmark: figures measured in one process, as ratios, never as a timed test.
+
+def hardware(device):
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    return f"{cpu} ({torch.get_num_threads()} threads)" + (" + Apple MPS" if device == "mps" else "")
+
+
+def timed(fn, device, repeats, warmup=2):
+    """Median seconds of fn() over repeats, after warm-up, with the device synchronized."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench(args, device):
+    task, rung = args.tasks[0], args.models[0]
+    config = model_config(args, rung)
+    torch.manual_seed(args.seed)
+    model = Model(config).to(device)
+    optimizer = model.configure_optimizers(args.lr, args.weight_decay)
+    g = torch.Generator(device=device).manual_seed(args.seed)
+    T, B = tasks.seq_len(task, args.n_digits), args.batch_size
+    stats = model.compute_stats(T)
+    print(f"bench: {rung} on {task} L={args.n_digits}, batch {B}, {describe(config, stats, T)}")
+    print(f"hardware: {hardware(device)}, torch {torch.__version__}, fp32")
+
+    def train_step():
+        idx, targets = tasks.get_batch(task, args.n_digits, B, g, device)
+        _, loss = model(idx, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    model.train()
+    step_s = timed(train_step, device, repeats=5)
+    a = torch.randn(B * T, config.n_embd, device=device)
+    w = torch.randn(config.n_embd, 4 * config.n_embd, device=device)
+    mm_s = timed(lambda: a @ w, device, repeats=20)
+    ex = eval_set(task, args.n_digits, args.eval_examples, device)
+    P, A = tasks.prompt_len(task, args.n_digits), tasks.answer_len(task, args.n_digits)
+    model.eval()
+    batched_s = timed(lambda: model.generate(ex[:, :P], A), device, repeats=3, warmup=1)
+    n_single = min(10, len(ex))
+    single_s = timed(lambda: [model.generate(ex[i:i + 1, :P], A) for i in range(n_single)], device, repeats=3,
+                     warmup=1)
+    train_flops = stats["train_flops_per_token"] * B * T / step_s
+    out = {
+        "train_step_s": step_s, "train_tokens_per_s": B * T / step_s, "train_flops_per_s": train_flops,
+        "matmul_flops_per_s": 2 * B * T * config.n_embd * 4 * config.n_embd / mm_s,
+        "eval_batched_per_s": len(ex) / batched_s, "eval_single_per_s": n_single / single_s,
+        "model": rung, "task": task, "n_digits": args.n_digits, "batch_size": B, "device": device,
+        "hardware": hardware(device), "torch": torch.__version__, "config": run_config(args),
+    }
+    out["matmul_fraction"] = out["train_flops_per_s"] / out["matmul_flops_per_s"]
+    out["eval_speedup"] = out["eval_batched_per_s"] / out["eval_single_per_s"]
+    print(f"train: {out['train_step_s'] * 1e3:.1f} ms/step | {out['train_tokens_per_s']:,.0f} tok/s | "
+          f"{train_flops / 1e9:.1f} GFLOP/s useful | matmul {out['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s "
+          f"({B * T}x{config.n_embd} @ {config.n_embd}x{4 * config.n_embd}) | fraction {out['matmul_fraction']:.2f}")
+    print(f"eval: batched {out['eval_batched_per_s']:.1f} examples/s vs one at a time "
+          f"{out['eval_single_per_s']:.1f} examples/s | speedup {out['eval_speedup']:.1f}x")
+    os.makedirs(args.out_dir, exist_ok=True)
+    path = os.path.join(args.out_dir, "bench.json")
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv=None):
+    try:
+        args = parse_args(argv)
+        validate(args)
+        device = get_device(args.device)
+        if args.bench:
+            return bench(args, device)
+        if args.eval_only:
+            return eval_only(args, device)
+        return compare(args, device)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
