@@ -103,9 +103,9 @@ def test_grad_pass_arithmetic_per_rung():
         assert Model(tiny(rung, budget=24)).compute_stats()["grad_block_passes"] == grad, rung
 
 
-@pytest.mark.parametrize("rung,H,L", [("ar_trm", 2, 2), ("ar_trm", 3, 1), ("nested_ut", 2, 2)])
+@pytest.mark.parametrize("rung,H,L", [("ar_trm", 2, 2), ("ar_trm", 3, 1), ("nested_ut", 2, 2), ("nested_ut", 1, 2)])
 def test_truncated_gradients_reach_only_the_passes_they_should(rung, H, L):
-    model = never_halt(Model(tiny(rung, budget=12 if (H, L) == (2, 2) else 12, n_outer=H, n_inner=L)))
+    model = never_halt(Model(tiny(rung, budget=12, n_outer=H, n_inner=L)))
     log = PassLog(model)
     idx, targets = tasks.get_batch("copy", 4, 2, torch.Generator().manual_seed(0))
     _, loss = model(idx, targets)
@@ -118,9 +118,10 @@ def test_truncated_gradients_reach_only_the_passes_they_should(rung, H, L):
     last_cycle = set()
     for step in range(12 // per_step):
         last_cycle |= set(range(step * per_step + per_step - (L + 1), (step + 1) * per_step))
+    # every step starts from a detached state, so the initial streams never learn
+    assert model.y_init.grad is None and model.z_init.grad is None
     if rung == "ar_trm":  # final-only readout: only the last L+1 passes of the whole forward
         assert got == set(range(12 - (L + 1), 12))
-        assert model.y_init.grad is None and model.z_init.grad is None
     else:  # ACT readout reads every step, but each step's first H-1 cycles are no_grad
         assert got == last_cycle
 
@@ -253,3 +254,230 @@ def test_same_seed_gives_the_same_batch_whatever_the_model():
     assert torch.equal(batches[0][0], batches[1][0]) and torch.equal(batches[0][1], batches[1][1])
     other = tasks.get_batch("addition", 6, 8, torch.Generator().manual_seed(8))
     assert not torch.equal(batches[0][0], other[0])
+
+# -----------------------------------------------------------------------------
+# The training driver: results, checkpoints, resume, bad input
+
+
+TINY = ["--n_embd", "16", "--n_head", "2", "--budget", "6", "--n_digits", "3", "--eval_lengths", "3,4",
+        "--eval_examples", "8", "--batch_size", "8", "--block_size", "24", "--log_interval", "5",
+        "--eval_interval", "5", "--device", "cpu"]
+
+
+def run_main(tmp_path, *extra):
+    return train.main(TINY + ["--out_dir", str(tmp_path)] + list(extra))
+
+
+def results(tmp_path):
+    with open(tmp_path / "results.json") as f:
+        return json.load(f)
+
+
+def test_a_run_writes_its_record_and_checkpoint(tmp_path, capsys):
+    assert run_main(tmp_path, "--model", "ut", "--task", "addition", "--max_iters", "6") == 0
+    (rec,) = results(tmp_path)
+    for key in ("model", "task", "seed", "budget", "n_digits", "iters", "params", "block_passes",
+                "grad_block_passes", "train_flops_per_token", "wall_s", "final_loss", "eval",
+                "executed_block_passes_train", "executed_block_passes_eval", "executed_train_flops_per_token"):
+        assert key in rec, key
+    assert (rec["model"], rec["task"], rec["iters"], rec["budget"]) == ("ut", "addition", 6, 6)
+    assert set(rec["eval"]) == {"3", "4"} and len(rec["eval"]["4"]["pos_acc"]) == 5  # L+1 answer digits
+    assert 1 <= rec["executed_block_passes_train"] <= 6 and 1 <= rec["executed_block_passes_eval"] <= 6
+    assert rec["executed_train_flops_per_token"] <= rec["train_flops_per_token"]
+    ckpt = torch.load(tmp_path / "addition_ut_s1337" / "ckpt.pt", weights_only=True)
+    assert ckpt["iter"] == 6 and Config(**ckpt["config"]).model == "ut"
+    out = capsys.readouterr().out
+    assert "tok/s" in out and "eta" in out and "block passes/token" in out and "passes " in out
+
+
+def test_help_lists_every_knob_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["-h"])
+    out = capsys.readouterr().out
+    for k, v in train.DEFAULTS.items():
+        assert f"--{k}" in out, k
+    assert out.count("(default:") >= len(train.DEFAULTS)
+
+
+def test_compare_writes_one_record_per_run_and_a_table_with_every_rung(tmp_path, capsys):
+    assert run_main(tmp_path, "--model", "all", "--task", "copy,addition", "--seeds", "2", "--max_iters", "2") == 0
+    recs = results(tmp_path)
+    keys = sorted((r["task"], r["model"], r["seed"]) for r in recs)
+    assert keys == sorted((t, m, s) for t in ("copy", "addition") for m in RUNGS for s in (1337, 1338))
+    out = capsys.readouterr().out
+    table = out.split("== addition")[1]
+    for rung in RUNGS:
+        assert f"\n{rung} " in table, rung
+    md = (tmp_path / "results.md").read_text()
+    assert md.count("| ar_trm |") == 2 and "## copy" in md
+    assert "Q1..Q4" in out and "run(s) left" in out
+
+
+def test_a_failing_run_in_the_middle_is_recorded_and_the_rest_go_on(tmp_path, monkeypatch):
+    real = train.train_run
+
+    def flaky(args, task, rung, seed, device, label=""):
+        if rung == "iter_step":
+            raise FloatingPointError("loss is nan at iter 1")
+        return real(args, task, rung, seed, device, label)
+
+    monkeypatch.setattr(train, "train_run", flaky)
+    assert run_main(tmp_path, "--model", "iter,iter_step,ut", "--task", "copy", "--max_iters", "2") == 1
+    recs = results(tmp_path)
+    assert [(r["model"], r["status"]) for r in recs] == [("iter", "ok"), ("iter_step", "failed"), ("ut", "ok")]
+    assert "nan at iter 1" in recs[1]["error"]
+
+
+def test_mean_and_std_over_seeds():
+    m, s = train.mean_std([0.5, 0.7, 0.9])
+    assert m == pytest.approx(0.7) and s == pytest.approx(0.2)  # sample std (n-1)
+    assert train.mean_std([0.25]) == (0.25, 0.0)
+    assert train.pm([1.0, 0.0]) == "0.500±0.707"
+    assert train.quarters([1, 1, 0.5, 0.5, 0, 0, 0, 1]) == [1, 0.5, 0, 0.5]
+
+
+def test_nan_stops_the_run_naming_the_iteration_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    real, calls = artrm.cross_entropy, [0]
+
+    def poisoned(logits, targets):
+        calls[0] += 1
+        loss = real(logits, targets)
+        return loss * float("nan") if calls[0] == 8 else loss
+
+    monkeypatch.setattr(artrm, "cross_entropy", poisoned)
+    assert run_main(tmp_path, "--model", "iter", "--task", "copy", "--max_iters", "20", "--ckpt_interval", "5") == 1
+    assert "loss is nan at iter 7" in capsys.readouterr().err
+    ckpt = torch.load(tmp_path / "copy_iter_s1337" / "ckpt.pt", weights_only=True)
+    assert ckpt["iter"] == 5  # the last good one, untouched
+    assert results(tmp_path)[0]["status"] == "failed"
+
+
+def test_resume_in_compare_mode_skips_finished_runs(tmp_path, capsys):
+    assert run_main(tmp_path, "--model", "dense,iter", "--task", "copy", "--max_iters", "3") == 0
+    capsys.readouterr()
+    assert run_main(tmp_path, "--model", "dense,iter,ut", "--task", "copy", "--max_iters", "3", "--resume") == 0
+    out = capsys.readouterr().out
+    assert out.count("is finished in") == 2 and "copy_ut_s1337:" in out
+    assert [r["model"] for r in results(tmp_path)] == ["dense", "iter", "ut"]
+
+
+def cli(*args, cwd=HERE):
+    return subprocess.run([sys.executable, "train.py", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_killed_then_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path):
+    flags = TINY + ["--model", "ar_trm", "--task", "copy", "--max_iters", "80", "--dropout", "0.1",
+                    "--ckpt_interval", "10", "--eval_interval", "40"]
+    once = tmp_path / "once"
+    assert cli(*flags, "--out_dir", str(once)).returncode == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "train.py", *flags, "--out_dir", str(killed)], cwd=HERE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = killed / "copy_ar_trm_s1337" / "ckpt.pt"
+    while not ckpt.exists() and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert torch.load(ckpt, weights_only=True)["iter"] < 80, "the run ended before it could be killed"
+    assert cli(*flags, "--out_dir", str(killed), "--resume").returncode == 0
+    a, b = results(once)[-1], results(killed)[-1]
+    assert a["final_loss"] == b["final_loss"] and a["eval"] == b["eval"] and a["history"] == b["history"]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
+    proc = subprocess.Popen([sys.executable, "train.py", *TINY, "--model", "dense", "--task", "copy",
+                             "--max_iters", "100000", "--out_dir", str(tmp_path)], cwd=HERE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:  # wait until training is under way
+        if line.startswith("iter 00010"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "--resume" in err and "Traceback" not in err
+    assert torch.load(tmp_path / "copy_dense_s1337" / "ckpt.pt", weights_only=True)["iter"] >= 10
+
+
+def test_eval_only_evaluates_a_checkpoint_at_new_lengths(tmp_path, capsys):
+    assert run_main(tmp_path, "--model", "iter_step", "--task", "reverse", "--max_iters", "3") == 0
+    capsys.readouterr()
+    # the checkpoint's own config wins: a different budget asked for is ignored in eval-only
+    assert run_main(tmp_path, "--model", "iter_step", "--task", "reverse", "--eval_only", "--eval_lengths", "2,5",
+                    "--budget", "12") == 0
+    out = capsys.readouterr().out
+    assert "L=2: char_acc" in out and "L=5: char_acc" in out
+
+
+def test_a_mismatching_checkpoint_is_refused_naming_the_fields(tmp_path, capsys):
+    assert run_main(tmp_path, "--model", "dense", "--task", "copy", "--max_iters", "2") == 0
+    assert run_main(tmp_path, "--model", "dense", "--task", "copy", "--max_iters", "4", "--resume",
+                    "--budget", "12", "--n_embd", "32") == 2
+    err = capsys.readouterr().err
+    assert "budget: checkpoint 6 vs asked 12" in err and "n_embd" in err and "dropout" not in err
+
+
+def test_atomic_checkpoint_write_keeps_the_old_one_when_the_writer_dies(tmp_path, monkeypatch):
+    path = str(tmp_path / "ckpt.pt")
+    train.save_checkpoint(path, {"iter": 1})
+
+    def dies_mid_save(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"PK\x03\x04 half a zip")
+        raise OSError("killed mid-save")
+
+    monkeypatch.setattr(torch, "save", dies_mid_save)
+    with pytest.raises(OSError):
+        train.save_checkpoint(path, {"iter": 2})
+    assert train.load_checkpoint(path)["iter"] == 1
+
+
+def test_bad_input_gets_one_line_and_a_nonzero_exit(tmp_path, capsys):
+    good = tmp_path / "good"
+    assert run_main(good, "--model", "dense", "--task", "copy", "--max_iters", "2") == 0
+    before = (good / "results.json").read_text()
+    ckpt = good / "copy_dense_s1337" / "ckpt.pt"
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(ckpt.read_bytes()[:300])
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_text("not a checkpoint")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    cases = {
+        "unknown model 'gpt'": ["--model", "gpt"],
+        "unknown task 'sort'": ["--task", "sort"],
+        "budget 8 is impossible for nested_ut": ["--model", "all", "--budget", "8"],
+        "--n_digits must be positive": ["--n_digits", "0"],
+        "--eval_lengths must be positive": ["--eval_lengths", "3,-1"],
+        "more than --block_size 24": ["--task", "addition", "--eval_lengths", "3,8"],
+        "no checkpoint at": ["--eval_only", "--ckpt", str(tmp_path / "missing.pt")],
+        "is corrupt or truncated": ["--eval_only", "--ckpt", str(truncated)],
+        "garbage.pt is corrupt": ["--eval_only", "--ckpt", str(garbage)],
+        "is a file, not a directory": ["--out_dir", str(a_file)],
+    }
+    if not torch.cuda.is_available():
+        cases["cuda is not available"] = ["--device", "cuda"]
+    capsys.readouterr()
+    for want, flags in cases.items():
+        out_dir = [] if "--out_dir" in flags else ["--out_dir", str(good)]
+        code = train.main(TINY[:-2] + ["--max_iters", "2"] + out_dir + flags)
+        err = capsys.readouterr().err.strip()
+        assert code == 2, (flags, code, err)
+        assert want in err and len(err.splitlines()) == 1, (flags, err)
+    assert (good / "results.json").read_text() == before  # earlier results untouched
+    assert train.load_checkpoint(str(ckpt))["iter"] == 2
+    r = cli(*TINY, "--resume", "--out_dir", str(tmp_path / "empty"))  # and from the command line
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: --resume: no checkpoint at")
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bench_prints_its_ratios_and_writes_them(tmp_path, capsys):
+    assert run_main(tmp_path, "--bench", "--model", "nested_ut", "--task", "copy") == 0
+    out = capsys.readouterr().out
+    assert "fraction" in out and "speedup" in out and "hardware:" in out
+    with open(tmp_path / "bench.json") as f:
+        b = json.load(f)
+    for key in ("train_tokens_per_s", "train_flops_per_s", "matmul_flops_per_s", "matmul_fraction",
+                "eval_batched_per_s", "eval_single_per_s", "eval_speedup"):
+        assert b[key] > 0, key
+    assert b["matmul_fraction"] == pytest.approx(b["train_flops_per_s"] / b["matmul_flops_per_s"])

@@ -269,6 +269,8 @@ def train_run(args, task, rung, seed, device, label=""):
     run_dir = os.path.join(args.out_dir, run_name(task, rung, seed))
     ckpt_path = os.path.join(run_dir, "ckpt.pt")
     ckpt = None
+    if args.resume and not os.path.exists(ckpt_path) and args.single_run:
+        raise UserError(f"--resume: no checkpoint at {ckpt_path}")
     if args.resume and os.path.exists(ckpt_path):
         ckpt = load_checkpoint(ckpt_path)
         check_matches(ckpt, config, ckpt_path)
@@ -504,6 +506,7 @@ def compare(args, device):
     results_path = os.path.join(args.out_dir, "results.json")
     previous = read_results(results_path)  # refuse a damaged file before any work
     runs = [(t, m, s) for t in args.tasks for m in args.models for s in range(args.seed, args.seed + args.seeds)]
+    args.single_run = len(runs) == 1  # --resume of a single run needs its checkpoint; a comparison starts the missing
     print(f"device {device}, torch {torch.__version__}, preset {args.preset}: {len(runs)} run(s)")
     print("config: " + json.dumps(run_config(args)))
     records, t0, trained = [], time.time(), 0
