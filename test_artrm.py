@@ -189,6 +189,73 @@ def test_act_weights_sum_to_one():
     assert ((readout.steps >= 1) & (readout.steps <= 12)).all()
 
 
+def test_the_pass_meter_reports_executed_passes_and_early_exits():
+    model = Model(tiny("ut", budget=12)).eval()
+    meter = train.PassMeter(model)
+    idx = torch.randint(0, 14, (2, 10))
+    with torch.no_grad():
+        model.halt.weight.zero_()
+        model.halt.bias.fill_(30.0)  # halts at once
+    model(idx)
+    assert meter.mean_steps() == 1 and meter.early_fraction() == 1
+    meter.reset()
+    never_halt(model)
+    model(idx)
+    assert meter.mean_steps() == 12 and meter.early_fraction() == 0
+
+# -----------------------------------------------------------------------------
+# Extensions for the open question (default off: the paper's behaviour)
+
+
+@pytest.mark.parametrize("rung", ["nested_ut", "ar_trm"])
+def test_full_grad_backprops_through_every_pass(rung):
+    model = never_halt(Model(tiny(rung, budget=12, full_grad=True)))
+    log = PassLog(model)
+    idx, targets = tasks.get_batch("copy", 4, 2, torch.Generator().manual_seed(0))
+    _, loss = model(idx, targets)
+    got = set()
+    for i, out in enumerate(log.outputs):
+        out.register_hook(lambda g, i=i: got.add(i))
+    loss.backward()
+    stats = model.compute_stats(idx.size(1))
+    assert got == set(range(12)) and all(log.grad) and stats["grad_block_passes"] == 12
+    assert model.y_init.grad is not None and model.z_init.grad is not None
+    paper = Model(tiny(rung, budget=12)).compute_stats(idx.size(1))
+    assert stats["train_flops_per_token"] > paper["train_flops_per_token"]
+
+
+@pytest.mark.parametrize("rung", ["nested_ut", "ar_trm"])
+def test_deep_supervision_averages_one_loss_per_step(rung, monkeypatch):
+    calls = []
+    real = artrm.cross_entropy
+    monkeypatch.setattr(artrm, "cross_entropy", lambda lo, t: calls.append(real(lo, t)) or calls[-1])
+    model = never_halt(Model(tiny(rung, budget=18, deep_supervision=True)))  # 3 steps
+    log = PassLog(model)
+    idx, targets = tasks.get_batch("copy", 4, 2, torch.Generator().manual_seed(0))
+    _, loss = model(idx, targets)
+    assert len(calls) == 3 and torch.allclose(loss, torch.stack(calls).mean())
+    assert sum(log.grad) == model.compute_stats()["grad_block_passes"] == 3 * 3  # last cycle of each step
+
+
+def test_halt_loss_trains_the_halting_head():
+    for halt_loss in (False, True):
+        torch.manual_seed(0)
+        model = Model(tiny("ar_trm", budget=12, halt_loss=halt_loss))
+        opt = model.configure_optimizers(1e-2)
+        _, loss = model(*tasks.get_batch("copy", 4, 8, torch.Generator().manual_seed(0)))
+        loss.backward()
+        opt.step()
+        moved = model.halt.weight.abs().sum() > 0 or model.halt.bias.item() != -5.0
+        assert moved == halt_loss
+
+
+def test_extensions_are_refused_where_they_mean_nothing():
+    with pytest.raises(ValueError, match="nested_ut and ar_trm only"):
+        Config(model="dense", full_grad=True)
+    with pytest.raises(ValueError, match="binary halting head"):
+        Config(model="nested_ut", halt_loss=True)
+
+
 def test_tiny_run_on_reverse_drives_the_loss_down():
     torch.manual_seed(0)
     model = Model(tiny("dense", budget=2))
@@ -481,3 +548,16 @@ def test_bench_prints_its_ratios_and_writes_them(tmp_path, capsys):
                 "eval_batched_per_s", "eval_single_per_s", "eval_speedup"):
         assert b[key] > 0, key
     assert b["matmul_fraction"] == pytest.approx(b["train_flops_per_s"] / b["matmul_flops_per_s"])
+
+
+def test_variants_share_one_table_and_flops_match_sets_iters_by_construction(tmp_path, capsys):
+    assert run_main(tmp_path, "--model", "ar_trm,ar_trm+full_grad", "--task", "copy", "--max_iters", "4",
+                    "--flops_match", "ar_trm+full_grad") == 0
+    recs = {r["name"]: r for r in results(tmp_path)}
+    full, paper = recs["ar_trm+full_grad"], recs["ar_trm"]
+    assert full["model"] == paper["model"] == "ar_trm" and full["iters"] == 4
+    assert paper["iters"] == round(4 * full["train_flops_per_token"] / paper["train_flops_per_token"]) > 4
+    assert full["grad_block_passes"] == 6 and paper["grad_block_passes"] == 3
+    table = capsys.readouterr().out.split("== copy")[1]
+    assert "\nar_trm " in table and "\nar_trm+full_grad " in table
+    assert train.main(TINY + ["--model", "ar_trm+sparkle", "--out_dir", str(tmp_path)]) == 2

@@ -33,7 +33,7 @@ from tasks import TASKS
 # Defaults. The laptop preset is the default; --preset paper is the paper's setting.
 # Any flag given explicitly overrides the preset.
 DEFAULTS = dict(
-    model="ar_trm",        # a rung, a comma list of rungs, or "all"
+    model="ar_trm",        # a rung, a comma list of rungs, or "all"; rung+full_grad etc. adds extensions
     task="reverse",        # a task, a comma list of tasks, or "all"
     seed=1337,             # first seed; data stream and init both derive from it
     seeds=1,               # run seeds seed .. seed+seeds-1
@@ -48,6 +48,7 @@ DEFAULTS = dict(
     full_grad=False,       # extension: nested rungs backprop through every pass
     deep_supervision=False,  # extension: loss on y after every step (TRM)
     halt_loss=False,       # extension: train ar_trm's halting head (TRM)
+    flops_match="",        # a model: each run trains for the FLOPs that model spends in max_iters (ceiling)
     n_digits=6,            # training operand length L
     eval_lengths="6,12",   # comma list of operand lengths to evaluate
     eval_examples=100,     # fixed held-out examples per length
@@ -108,18 +109,30 @@ def parse_args(argv=None):
     return args
 
 
+EXTENSIONS = ("full_grad", "deep_supervision", "halt_loss")  # a model name may carry them: ar_trm+full_grad
+
+
 def expand(value, choices, what):
     names = list(choices) if value == "all" else [s.strip() for s in value.split(",") if s.strip()]
     for n in names:
-        if n not in choices:
-            raise UserError(f"unknown {what} {n!r}; choose from {', '.join(choices)} or all")
+        base, *ext = n.split("+")
+        if base not in choices or (ext and what != "model") or any(e not in EXTENSIONS for e in ext):
+            more = f"; add extensions as rung+{'+'.join(EXTENSIONS)}" if what == "model" else ""
+            raise UserError(f"unknown {what} {n!r}; choose from {', '.join(choices)} or all{more}")
     return names
 
 
-def model_config(args, model):
+def ladder_order(names):
+    """Model names in ladder order, each rung's extensions after it."""
+    return sorted(set(names), key=lambda n: (RUNGS.index(n.split("+")[0]), n))
+
+
+def model_config(args, name):
+    """The Config of a model name such as 'ar_trm' or 'ar_trm+full_grad', with the run's settings."""
+    rung, *ext = name.split("+")
     keys = {f.name for f in fields(Config)}
-    return Config(**{k: v for k, v in vars(args).items() if k in keys and k != "model"}, model=model,
-                  vocab_size=len(tasks.VOCAB))
+    settings = {k: v for k, v in vars(args).items() if k in keys}
+    return Config(**{**settings, **{e: True for e in ext}, "model": rung, "vocab_size": len(tasks.VOCAB)})
 
 
 def validate(args):
@@ -129,11 +142,13 @@ def validate(args):
             raise UserError(f"--{name} must be positive, got {getattr(args, name)}")
     if any(n <= 0 for n in args.eval_lengths):
         raise UserError(f"--eval_lengths must be positive, got {args.eval_lengths}")
-    for m in args.models:
+    if args.flops_match:
+        expand(args.flops_match, RUNGS, "model")
+    for m in args.models + ([args.flops_match] if args.flops_match else []):
         try:
             model_config(args, m)
         except ValueError as e:
-            raise UserError(str(e)) from None
+            raise UserError(f"{m}: {e}") from None
     for task in args.tasks:
         for n in [args.n_digits] + args.eval_lengths:
             if tasks.seq_len(task, n) > args.block_size:
@@ -263,10 +278,16 @@ def run_name(task, model, seed):
     return f"{task}_{model}_s{seed}"
 
 
-def train_run(args, task, rung, seed, device, label=""):
-    """Train (or resume) one run and return its results record."""
-    config = model_config(args, rung)
-    run_dir = os.path.join(args.out_dir, run_name(task, rung, seed))
+def train_run(args, task, name, seed, device, label=""):
+    """Train (or resume) one run of model `name` and return its results record."""
+    config = model_config(args, name)
+    T = tasks.seq_len(task, args.n_digits)
+    if args.flops_match:  # compute-matched by construction: iters from the FLOP ratio
+        with torch.device("meta"):  # no memory, no init: only the FLOP count is wanted
+            ref, own = (Model(model_config(args, n)).compute_stats(T)["train_flops_per_token"]
+                        for n in (args.flops_match, name))
+        args = argparse.Namespace(**{**vars(args), "max_iters": round(args.max_iters * ref / own)})
+    run_dir = os.path.join(args.out_dir, run_name(task, name, seed))
     ckpt_path = os.path.join(run_dir, "ckpt.pt")
     ckpt = None
     if args.resume and not os.path.exists(ckpt_path) and args.single_run:
@@ -280,8 +301,6 @@ def train_run(args, task, rung, seed, device, label=""):
     model = Model(config).to(device)
     optimizer = model.configure_optimizers(args.lr, args.weight_decay)
     data_gen = torch.Generator(device=device).manual_seed(seed)  # the data stream, apart from init
-    meter = PassMeter(model)
-    T = tasks.seq_len(task, args.n_digits)
     stats = model.compute_stats(T)
     it, history, wall, steps_sum, steps_n = 0, [], 0.0, 0.0, 0
     if ckpt is not None:
@@ -296,7 +315,7 @@ def train_run(args, task, rung, seed, device, label=""):
         print(f"{label}resuming {run_dir} from iter {it}")
     fwd = torch.compile(model) if args.compile else model  # the uncompiled model is what we save
 
-    print(f"{label}{run_name(task, rung, seed)}: {describe(config, stats, T)}")
+    print(f"{label}{run_name(task, name, seed)}: {describe(config, stats, T)}, {args.max_iters} iters")
 
     def checkpoint():
         save_checkpoint(ckpt_path, {
@@ -355,11 +374,12 @@ def train_run(args, task, rung, seed, device, label=""):
                           f"python {' '.join(sys.argv)} --resume") from None
     checkpoint()
 
-    meter.reset()
+    meter = PassMeter(model)
     final = evaluate(model, task, args.eval_lengths, args.eval_examples, device, args.temperature, show=3)
     exec_train = steps_sum / max(steps_n, 1)
     return {
-        "model": rung, "task": task, "seed": seed, "budget": config.budget, "n_digits": args.n_digits,
+        "model": config.model, "name": name, "task": task, "seed": seed, "budget": config.budget,
+        "n_digits": args.n_digits,
         "iters": it, **stats,
         "executed_block_passes_train": exec_train * config.passes_per_step,
         "executed_block_passes_eval": meter.mean_steps() * config.passes_per_step,
@@ -415,10 +435,22 @@ def append_result(path, record):
     os.replace(path + ".tmp", path)
 
 
-def find_finished(records, task, rung, seed, config):
-    for r in records:
-        if (r.get("status") == "ok" and (r["task"], r["model"], r["seed"]) == (task, rung, seed)
-                and r.get("config") == config):
+def name_of(record):
+    return record.get("name", record["model"])
+
+
+def ok_runs(records, name):
+    return [r for r in records if name_of(r) == name and r.get("status") == "ok"]
+
+
+def same_config(old, new):
+    """A knob missing from an older record had its default then (new knobs default to old behaviour)."""
+    return all(old.get(k, DEFAULTS.get(k)) == v for k, v in new.items()) and set(old) <= set(new)
+
+
+def find_finished(records, task, name, seed, config):
+    for r in ok_runs(records, name):
+        if (r["task"], r["seed"]) == (task, seed) and same_config(r.get("config", {}), config):
             return r
     return None
 
@@ -440,17 +472,16 @@ def quarters(pos_acc):
 
 
 def table_rows(records, lengths):
-    """One row per rung (ladder order), each value mean±std over that rung's seeds."""
+    """One row per model (ladder order), each value mean±std over its seeds."""
     header = ["model", "seeds", "params", "passes exec/budget", "grad", "train MFLOP/tok exec (ceiling)",
               "wall s", "loss"] + [f"{k} L={n}" for n in lengths for k in ("char", "seq")]
     rows = []
-    for rung in RUNGS:
-        rs = [r for r in records if r["model"] == rung and r.get("status") == "ok"]
+    for name in ladder_order(name_of(r) for r in records):
+        rs = ok_runs(records, name)
         if not rs:
-            if any(r["model"] == rung for r in records):
-                rows.append([rung, "failed"] + [""] * (len(header) - 2))
+            rows.append([name, "failed"] + [""] * (len(header) - 2))
             continue
-        row = [rung, str(len(rs)), f"{rs[0]['params']:,}",
+        row = [name, str(len(rs)), f"{rs[0]['params']:,}",
                f"{statistics.mean(r['executed_block_passes_train'] for r in rs):.1f}/{rs[0]['block_passes']}",
                str(rs[0]["grad_block_passes"]),
                f"{statistics.mean(r['executed_train_flops_per_token'] for r in rs) / 1e6:.2f} "
@@ -470,16 +501,20 @@ def format_table(header, rows, markdown=False):
 
 
 def position_chart(records, n_digits):
-    """Accuracy by output position at the training length, one row per rung."""
     bars = " ▁▂▃▄▅▆▇█"
     lines = []
-    for rung in RUNGS:
-        rs = [r for r in records if r["model"] == rung and r.get("status") == "ok"]
-        if rs and str(n_digits) in rs[0]["eval"]:
-            acc = [statistics.mean(v) for v in zip(*(r["eval"][str(n_digits)]["pos_acc"] for r in rs))]
+    for name in ladder_order(name_of(r) for r in records):
+        acc = mean_pos_acc(ok_runs(records, name), n_digits)
+        if acc:
             q = " ".join(f"{v:.2f}" for v in quarters(acc))
-            lines.append(f"{rung:<10} |{''.join(bars[round(a * 8)] for a in acc)}|  Q1..Q4 {q}")
+            lines.append(f"{name:<24} |{''.join(bars[round(a * 8)] for a in acc)}|  Q1..Q4 {q}")
     return "\n".join(lines)
+
+
+def mean_pos_acc(runs, n_digits):
+    """Accuracy by output position at one length, averaged over runs ([] if none)."""
+    accs = [r["eval"][str(n_digits)]["pos_acc"] for r in runs if str(n_digits) in r["eval"]]
+    return [statistics.mean(v) for v in zip(*accs)]
 
 
 def report(records, args):
@@ -510,26 +545,26 @@ def compare(args, device):
     print(f"device {device}, torch {torch.__version__}, preset {args.preset}: {len(runs)} run(s)")
     print("config: " + json.dumps(run_config(args)))
     records, t0, trained = [], time.time(), 0
-    for i, (task, rung, seed) in enumerate(runs):
+    for i, (task, name, seed) in enumerate(runs):
         label = f"[{i + 1}/{len(runs)}] " if len(runs) > 1 else ""
-        done = find_finished(previous, task, rung, seed, run_config(args)) if args.resume else None
+        done = find_finished(previous, task, name, seed, run_config(args)) if args.resume else None
         if done is not None:
-            print(f"{label}{run_name(task, rung, seed)} is finished in {results_path}; skipped")
+            print(f"{label}{run_name(task, name, seed)} is finished in {results_path}; skipped")
             records.append(done)
             continue
         if trained:
             eta = (time.time() - t0) / trained * (len(runs) - i)
             print(f"{label}comparison eta {fmt_time(eta)} for the {len(runs) - i} run(s) left")
         try:
-            record = train_run(args, task, rung, seed, device, label)
+            record = train_run(args, task, name, seed, device, label)
         except (UserError, Interrupted):
             raise
         except Exception as e:  # a diverged (or broken) run is recorded, the comparison goes on
             if not isinstance(e, FloatingPointError):
                 import traceback
                 traceback.print_exc()
-            print(f"{label}run {run_name(task, rung, seed)} failed: {e}", file=sys.stderr)
-            record = {"model": rung, "task": task, "seed": seed, "status": "failed",
+            print(f"{label}run {run_name(task, name, seed)} failed: {e}", file=sys.stderr)
+            record = {"model": name.split("+")[0], "name": name, "task": task, "seed": seed, "status": "failed",
                       "error": f"{type(e).__name__}: {e}", "config": run_config(args)}
         trained += 1
         append_result(results_path, record)
@@ -544,9 +579,9 @@ def compare(args, device):
 
 def eval_only(args, device):
     for task in args.tasks:
-        for rung in args.models:
+        for name in args.models:
             for seed in range(args.seed, args.seed + args.seeds):
-                path = args.ckpt or os.path.join(args.out_dir, run_name(task, rung, seed), "ckpt.pt")
+                path = args.ckpt or os.path.join(args.out_dir, run_name(task, name, seed), "ckpt.pt")
                 ckpt = load_checkpoint(path)
                 task = ckpt.get("task", task)
                 config = Config(**ckpt["config"])
@@ -576,17 +611,17 @@ def plot(records, args):
         return
     for task in args.tasks:
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-        for rung in RUNGS:
-            rs = [r for r in records if r["task"] == task and r["model"] == rung and r.get("status") == "ok"]
+        for name in ladder_order(name_of(r) for r in records):
+            rs = [r for r in ok_runs(records, name) if r["task"] == task]
             if not rs:
                 continue
-            acc = [statistics.mean(v) for v in zip(*(r["eval"][str(args.n_digits)]["pos_acc"] for r in rs))]
-            ax1.plot(range(1, len(acc) + 1), acc, marker="o", label=rung)
+            acc = mean_pos_acc(rs, args.n_digits)
+            ax1.plot(range(1, len(acc) + 1), acc, marker="o", label=name)
             h = rs[0]["history"]
             flops = [e["iter"] / rs[0]["iters"] * rs[0]["executed_train_flops_per_token"] * rs[0]["train_tokens"]
                      for e in h]
             ax2.plot(flops, [statistics.mean(r["history"][i]["char_acc"] for r in rs) for i in range(len(h))],
-                     label=rung)
+                     label=name)
         ax1.set(title=f"{task}: accuracy by output position (L={args.n_digits})", xlabel="output position",
                 ylabel="accuracy", ylim=(0, 1.02))
         ax2.set(title=f"{task}: char_acc vs training FLOPs", xlabel="training FLOPs (executed)",
@@ -628,15 +663,15 @@ def timed(fn, device, repeats, warmup=2):
 
 
 def bench(args, device):
-    task, rung = args.tasks[0], args.models[0]
-    config = model_config(args, rung)
+    task, name = args.tasks[0], args.models[0]
+    config = model_config(args, name)
     torch.manual_seed(args.seed)
     model = Model(config).to(device)
     optimizer = model.configure_optimizers(args.lr, args.weight_decay)
     g = torch.Generator(device=device).manual_seed(args.seed)
     T, B = tasks.seq_len(task, args.n_digits), args.batch_size
     stats = model.compute_stats(T)
-    print(f"bench: {rung} on {task} L={args.n_digits}, batch {B}, {describe(config, stats, T)}")
+    print(f"bench: {name} on {task} L={args.n_digits}, batch {B}, {describe(config, stats, T)}")
     print(f"hardware: {hardware(device)}, torch {torch.__version__}, fp32")
 
     def train_step():
@@ -663,7 +698,7 @@ def bench(args, device):
         "train_step_s": step_s, "train_tokens_per_s": B * T / step_s, "train_flops_per_s": train_flops,
         "matmul_flops_per_s": 2 * B * T * config.n_embd * 4 * config.n_embd / mm_s,
         "eval_batched_per_s": len(ex) / batched_s, "eval_single_per_s": n_single / single_s,
-        "model": rung, "task": task, "n_digits": args.n_digits, "batch_size": B, "device": device,
+        "model": name, "task": task, "n_digits": args.n_digits, "batch_size": B, "device": device,
         "hardware": hardware(device), "torch": torch.__version__, "config": run_config(args),
     }
     out["matmul_fraction"] = out["train_flops_per_s"] / out["matmul_flops_per_s"]
