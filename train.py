@@ -278,15 +278,22 @@ def run_name(task, model, seed):
     return f"{task}_{model}_s{seed}"
 
 
+def run_args(args, task, name):
+    """The settings of one run. With --flops_match its iterations come from the ratio of
+    training FLOPs (ceiling) to the reference model's: compute-matched by construction."""
+    if not args.flops_match:
+        return args
+    T = tasks.seq_len(task, args.n_digits)
+    with torch.device("meta"):  # no memory, no init: only the FLOP count is wanted
+        ref, own = (Model(model_config(args, n)).compute_stats(T)["train_flops_per_token"]
+                    for n in (args.flops_match, name))
+    return argparse.Namespace(**{**vars(args), "max_iters": round(args.max_iters * ref / own)})
+
+
 def train_run(args, task, name, seed, device, label=""):
     """Train (or resume) one run of model `name` and return its results record."""
     config = model_config(args, name)
     T = tasks.seq_len(task, args.n_digits)
-    if args.flops_match:  # compute-matched by construction: iters from the FLOP ratio
-        with torch.device("meta"):  # no memory, no init: only the FLOP count is wanted
-            ref, own = (Model(model_config(args, n)).compute_stats(T)["train_flops_per_token"]
-                        for n in (args.flops_match, name))
-        args = argparse.Namespace(**{**vars(args), "max_iters": round(args.max_iters * ref / own)})
     run_dir = os.path.join(args.out_dir, run_name(task, name, seed))
     ckpt_path = os.path.join(run_dir, "ckpt.pt")
     ckpt = None
@@ -405,7 +412,7 @@ def describe(config, stats, T):
 def run_config(args):
     """The settings that define a run (not where it is written or how it is driven)."""
     skip = {"model", "task", "seed", "seeds", "out_dir", "resume", "eval_only", "ckpt", "plot", "bench",
-            "device", "compile", "ckpt_interval", "models", "tasks"}
+            "device", "compile", "ckpt_interval", "models", "tasks", "flops_match", "single_run"}
     return {k: v for k, v in vars(args).items() if k not in skip}
 
 
@@ -444,8 +451,9 @@ def ok_runs(records, name):
 
 
 def same_config(old, new):
-    """A knob missing from an older record had its default then (new knobs default to old behaviour)."""
-    return all(old.get(k, DEFAULTS.get(k)) == v for k, v in new.items()) and set(old) <= set(new)
+    """Same run settings. A knob missing from an older record had its default then (new
+    knobs default to the old behaviour); knobs that no longer define a run are ignored."""
+    return all(old.get(k, DEFAULTS.get(k)) == v for k, v in new.items())
 
 
 def find_finished(records, task, name, seed, config):
@@ -547,7 +555,8 @@ def compare(args, device):
     records, t0, trained = [], time.time(), 0
     for i, (task, name, seed) in enumerate(runs):
         label = f"[{i + 1}/{len(runs)}] " if len(runs) > 1 else ""
-        done = find_finished(previous, task, name, seed, run_config(args)) if args.resume else None
+        this = run_args(args, task, name)
+        done = find_finished(previous, task, name, seed, run_config(this)) if args.resume else None
         if done is not None:
             print(f"{label}{run_name(task, name, seed)} is finished in {results_path}; skipped")
             records.append(done)
@@ -556,7 +565,7 @@ def compare(args, device):
             eta = (time.time() - t0) / trained * (len(runs) - i)
             print(f"{label}comparison eta {fmt_time(eta)} for the {len(runs) - i} run(s) left")
         try:
-            record = train_run(args, task, name, seed, device, label)
+            record = train_run(this, task, name, seed, device, label)
         except (UserError, Interrupted):
             raise
         except Exception as e:  # a diverged (or broken) run is recorded, the comparison goes on
@@ -565,7 +574,7 @@ def compare(args, device):
                 traceback.print_exc()
             print(f"{label}run {run_name(task, name, seed)} failed: {e}", file=sys.stderr)
             record = {"model": name.split("+")[0], "name": name, "task": task, "seed": seed, "status": "failed",
-                      "error": f"{type(e).__name__}: {e}", "config": run_config(args)}
+                      "error": f"{type(e).__name__}: {e}", "config": run_config(this)}
         trained += 1
         append_result(results_path, record)
         records.append(record)
