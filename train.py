@@ -481,7 +481,7 @@ def quarters(pos_acc):
 
 def table_rows(records, lengths):
     """One row per model (ladder order), each value mean±std over its seeds."""
-    header = ["model", "seeds", "params", "passes exec/budget", "grad", "train MFLOP/tok exec (ceiling)",
+    header = ["model", "seeds", "params", "passes train/eval (budget)", "grad", "train MFLOP/tok exec (ceiling)",
               "wall s", "loss"] + [f"{k} L={n}" for n in lengths for k in ("char", "seq")]
     rows = []
     for name in ladder_order(name_of(r) for r in records):
@@ -490,7 +490,8 @@ def table_rows(records, lengths):
             rows.append([name, "failed"] + [""] * (len(header) - 2))
             continue
         row = [name, str(len(rs)), f"{rs[0]['params']:,}",
-               f"{statistics.mean(r['executed_block_passes_train'] for r in rs):.1f}/{rs[0]['block_passes']}",
+               f"{statistics.mean(r['executed_block_passes_train'] for r in rs):.1f}/"
+               f"{statistics.mean(r['executed_block_passes_eval'] for r in rs):.1f} ({rs[0]['block_passes']})",
                str(rs[0]["grad_block_passes"]),
                f"{statistics.mean(r['executed_train_flops_per_token'] for r in rs) / 1e6:.2f} "
                f"({rs[0]['train_flops_per_token'] / 1e6:.2f})",
@@ -525,10 +526,10 @@ def mean_pos_acc(runs, n_digits):
     return [statistics.mean(v) for v in zip(*accs)]
 
 
-def report(records, args):
+def report(records, args, device):
     md = [f"# Results ({args.preset} preset, budget {args.budget}, train L={args.n_digits}, "
           f"{args.max_iters} iters, seeds {args.seed}..{args.seed + args.seeds - 1})", "",
-          f"torch {torch.__version__}, {platform.machine()} {platform.processor() or ''}".strip(), ""]
+          f"torch {torch.__version__}, {hardware(device)}; wall s is training time, evaluation excluded", ""]
     for task in args.tasks:
         rs = [r for r in records if r["task"] == task]
         header, rows = table_rows(rs, args.eval_lengths)
@@ -578,7 +579,7 @@ def compare(args, device):
         trained += 1
         append_result(results_path, record)
         records.append(record)
-    report(records, args)
+    report(records, args, device)
     if args.plot:
         plot(records, args)
     print(f"\nwrote {results_path} and {os.path.join(args.out_dir, 'results.md')} "
