@@ -561,3 +561,17 @@ def test_variants_share_one_table_and_flops_match_sets_iters_by_construction(tmp
     table = capsys.readouterr().out.split("== copy")[1]
     assert "\nar_trm " in table and "\nar_trm+full_grad " in table
     assert train.main(TINY + ["--model", "ar_trm+sparkle", "--out_dir", str(tmp_path)]) == 2
+
+
+def test_plot_without_matplotlib_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    assert run_main(tmp_path, "--model", "iter", "--task", "copy", "--max_iters", "2", "--plot") == 0
+    assert "pip install matplotlib" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_plot_writes_position_and_learning_curves(tmp_path):
+    pytest.importorskip("matplotlib")
+    assert run_main(tmp_path, "--model", "iter,ut", "--task", "reverse", "--max_iters", "10", "--plot") == 0
+    png = tmp_path / "reverse.png"
+    assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
