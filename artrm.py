@@ -241,9 +241,9 @@ class Model(nn.Module):
         self.ln_f = nn.LayerNorm(d)
         self.lm_head = nn.Linear(d, config.vocab_size, bias=False)  # not tied to wte
         self.apply(self._init_weights)
-        for p in (getattr(self, "y_init", None), getattr(self, "z_init", None)):
-            if p is not None:
-                nn.init.normal_(p, std=0.02)
+        if rung.two_streams:
+            nn.init.normal_(self.y_init, std=0.02)
+            nn.init.normal_(self.z_init, std=0.02)
         if rung.halting == "binary":  # TRM's q-head init: starts far from halting
             nn.init.zeros_(self.halt.weight)
             nn.init.constant_(self.halt.bias, -5.0)
