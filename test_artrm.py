@@ -335,6 +335,10 @@ def run_main(tmp_path, *extra):
     return train.main(TINY + ["--out_dir", str(tmp_path)] + list(extra))
 
 
+def cli(*args, cwd=HERE):
+    return subprocess.run([sys.executable, "train.py", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
 def results(tmp_path):
     with open(tmp_path / "results.json") as f:
         return json.load(f)
@@ -428,32 +432,36 @@ def test_resume_in_compare_mode_skips_finished_runs(tmp_path, capsys):
     assert [r["model"] for r in results(tmp_path)] == ["dense", "iter", "ut"]
 
 
-def cli(*args, cwd=HERE):
-    return subprocess.run([sys.executable, "train.py", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+RESUME_FLAGS = TINY + ["--model", "ar_trm", "--task", "copy", "--max_iters", "150", "--dropout", "0.1",
+                      "--ckpt_interval", "10", "--eval_interval", "100"]
 
 
-def test_killed_then_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path):
-    flags = TINY + ["--model", "ar_trm", "--task", "copy", "--max_iters", "80", "--dropout", "0.1",
-                    "--ckpt_interval", "10", "--eval_interval", "40"]
-    once = tmp_path / "once"
-    assert cli(*flags, "--out_dir", str(once)).returncode == 0
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "train.py", *flags, "--out_dir", str(killed)], cwd=HERE,
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("once")
+    assert cli(*RESUME_FLAGS, "--out_dir", str(out)).returncode == 0
+    return results(out)[-1]
+
+
+def assert_same_run(a, b):
+    assert a["final_loss"] == b["final_loss"] and a["eval"] == b["eval"] and a["history"] == b["history"]
+
+
+def test_killed_then_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, uninterrupted):
+    proc = subprocess.Popen([sys.executable, "train.py", *RESUME_FLAGS, "--out_dir", str(tmp_path)], cwd=HERE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = killed / "copy_ar_trm_s1337" / "ckpt.pt"
+    ckpt = tmp_path / "copy_ar_trm_s1337" / "ckpt.pt"
     while not ckpt.exists() and proc.poll() is None:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert torch.load(ckpt, weights_only=True)["iter"] < 80, "the run ended before it could be killed"
-    assert cli(*flags, "--out_dir", str(killed), "--resume").returncode == 0
-    a, b = results(once)[-1], results(killed)[-1]
-    assert a["final_loss"] == b["final_loss"] and a["eval"] == b["eval"] and a["history"] == b["history"]
+    assert torch.load(ckpt, weights_only=True)["iter"] < 150, "the run ended before it could be killed"
+    assert cli(*RESUME_FLAGS, "--out_dir", str(tmp_path), "--resume").returncode == 0
+    assert_same_run(uninterrupted, results(tmp_path)[-1])
 
 
-def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
-    proc = subprocess.Popen([sys.executable, "train.py", *TINY, "--model", "dense", "--task", "copy",
-                             "--max_iters", "100000", "--out_dir", str(tmp_path)], cwd=HERE,
+def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path, uninterrupted):
+    proc = subprocess.Popen([sys.executable, "train.py", *RESUME_FLAGS, "--out_dir", str(tmp_path)], cwd=HERE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     for line in proc.stdout:  # wait until training is under way
@@ -463,7 +471,9 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert "--resume" in err and "Traceback" not in err
-    assert torch.load(tmp_path / "copy_dense_s1337" / "ckpt.pt", weights_only=True)["iter"] >= 10
+    assert 10 <= torch.load(tmp_path / "copy_ar_trm_s1337" / "ckpt.pt", weights_only=True)["iter"] < 150
+    assert cli(*RESUME_FLAGS, "--out_dir", str(tmp_path), "--resume").returncode == 0
+    assert_same_run(uninterrupted, results(tmp_path)[-1])
 
 
 def test_eval_only_evaluates_a_checkpoint_at_new_lengths(tmp_path, capsys):

@@ -332,10 +332,20 @@ def train_run(args, task, name, seed, device, label=""):
             "history": history, "wall_s": wall, "train_steps_sum": steps_sum, "train_steps_n": steps_n,
             "task": task, "seed": seed, "n_digits": args.n_digits})
 
+    # Ctrl-C is taken between iterations, so the checkpoint it writes resumes exactly;
+    # a second Ctrl-C interrupts at once.
+    stop = []
+
+    def on_sigint(signum, frame):
+        if stop:
+            raise KeyboardInterrupt
+        stop.append(signum)
+
+    previous_handler = signal.signal(signal.SIGINT, on_sigint)
     model.train()
     t_log, tokens_log, loss = time.time(), 0, None
     try:
-        while it < args.max_iters:
+        while it < args.max_iters and not stop:
             for group in optimizer.param_groups:
                 group["lr"] = get_lr(it, args)
             idx, targets = tasks.get_batch(task, args.n_digits, args.batch_size, data_gen, device)
@@ -376,9 +386,14 @@ def train_run(args, task, name, seed, device, label=""):
             if args.ckpt_interval and it % args.ckpt_interval == 0 and it < args.max_iters:
                 checkpoint()
     except KeyboardInterrupt:
-        checkpoint()
-        raise Interrupted(f"interrupted at iter {it}; checkpoint saved to {ckpt_path}. Resume with: "
-                          f"python {' '.join(sys.argv)} --resume") from None
+        stop.append("twice")
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+    if stop:
+        if stop[-1] != "twice":  # the state is between two iterations: safe to save
+            checkpoint()
+        raise Interrupted(f"interrupted at iter {it}; last checkpoint in {ckpt_path}. Resume with: "
+                          f"python {' '.join(sys.argv)} --resume")
     checkpoint()
 
     meter = PassMeter(model)
