@@ -354,6 +354,7 @@ def test_a_run_writes_its_record_and_checkpoint(tmp_path, capsys):
     assert (rec["model"], rec["task"], rec["iters"], rec["budget"]) == ("ut", "addition", 6, 6)
     assert set(rec["eval"]) == {"3", "4"} and len(rec["eval"]["4"]["pos_acc"]) == 5  # L+1 answer digits
     assert 1 <= rec["executed_block_passes_train"] <= 6 and 1 <= rec["executed_block_passes_eval"] <= 6
+    assert 0 <= rec["early_exit_fraction_train"] <= 1 and 0 <= rec["early_exit_fraction_eval"] <= 1
     assert rec["executed_train_flops_per_token"] <= rec["train_flops_per_token"]
     ckpt = torch.load(tmp_path / "addition_ut_s1337" / "ckpt.pt", weights_only=True)
     assert ckpt["iter"] == 6 and Config(**ckpt["config"]).model == "ut"

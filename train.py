@@ -309,7 +309,7 @@ def train_run(args, task, name, seed, device, label=""):
     optimizer = model.configure_optimizers(args.lr, args.weight_decay)
     data_gen = torch.Generator(device=device).manual_seed(seed)  # the data stream, apart from init
     stats = model.compute_stats(T)
-    it, history, wall, steps_sum, steps_n = 0, [], 0.0, 0.0, 0
+    it, history, wall, steps_sum, steps_n, early_n = 0, [], 0.0, 0.0, 0, 0  # steps: executed, per position
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -318,7 +318,7 @@ def train_run(args, task, name, seed, device, label=""):
         if device == "cuda" and "cuda_rng" in ckpt:
             torch.cuda.set_rng_state(ckpt["cuda_rng"])
         it, history, wall = ckpt["iter"], ckpt["history"], ckpt["wall_s"]
-        steps_sum, steps_n = ckpt["train_steps_sum"], ckpt["train_steps_n"]
+        steps_sum, steps_n, early_n = ckpt["train_steps_sum"], ckpt["train_steps_n"], ckpt["train_early_n"]
         print(f"{label}resuming {run_dir} from iter {it}")
     fwd = torch.compile(model) if args.compile else model  # the uncompiled model is what we save
 
@@ -330,6 +330,7 @@ def train_run(args, task, name, seed, device, label=""):
             "iter": it, "data_rng": data_gen.get_state(), "torch_rng": torch.get_rng_state(),
             **({"cuda_rng": torch.cuda.get_rng_state()} if device == "cuda" else {}),
             "history": history, "wall_s": wall, "train_steps_sum": steps_sum, "train_steps_n": steps_n,
+            "train_early_n": early_n,
             "task": task, "seed": seed, "n_digits": args.n_digits})
 
     # Ctrl-C is taken between iterations, so the checkpoint it writes resumes exactly;
@@ -354,6 +355,7 @@ def train_run(args, task, name, seed, device, label=""):
             if not math.isfinite(lossf):
                 raise FloatingPointError(f"loss is {lossf} at iter {it}; the last good checkpoint is kept")
             steps_sum, steps_n = steps_sum + float(model.last_steps.mean()), steps_n + 1
+            early_n += int(model.last_steps.max() < config.n_steps)  # the whole batch halted early
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if args.grad_clip > 0:
@@ -405,6 +407,7 @@ def train_run(args, task, name, seed, device, label=""):
         "iters": it, **stats,
         "executed_block_passes_train": exec_train * config.passes_per_step,
         "executed_block_passes_eval": meter.mean_steps() * config.passes_per_step,
+        "early_exit_fraction_train": early_n / max(steps_n, 1),
         "early_exit_fraction_eval": meter.early_fraction(),
         "executed_train_flops_per_token": model.compute_stats(T, steps=exec_train)["train_flops_per_token"],
         "train_tokens": it * args.batch_size * T,
