@@ -586,3 +586,14 @@ def test_plot_writes_position_and_learning_curves(tmp_path):
     assert run_main(tmp_path, "--model", "iter,ut", "--task", "reverse", "--max_iters", "10", "--plot") == 0
     png = tmp_path / "reverse.png"
     assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_presets_resolve_and_explicit_flags_override_them():
+    paper = train.parse_args(["--preset", "paper", "--model", "all", "--task", "all"])
+    train.validate(paper)  # every rung can hit budget 24; L=50 addition fits block_size 180
+    assert (paper.budget, paper.n_embd, paper.n_head, paper.dropout, paper.lr, paper.max_iters) == \
+        (24, 384, 6, 0.1, 3e-4, 5000)
+    assert paper.eval_lengths == [10, 20, 30, 40, 50] and not paper.decay_lr and paper.temperature == 0.0
+    mine = train.parse_args(["--preset", "paper", "--max_iters", "10", "--temperature", "1"])
+    assert mine.max_iters == 10 and mine.temperature == 1.0 and mine.n_embd == 384
+    assert train.parse_args([]).n_embd == train.DEFAULTS["n_embd"]
