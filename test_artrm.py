@@ -559,6 +559,14 @@ def test_bench_prints_its_ratios_and_writes_them(tmp_path, capsys):
                 "eval_batched_per_s", "eval_single_per_s", "eval_speedup"):
         assert b[key] > 0, key
     assert b["matmul_fraction"] == pytest.approx(b["train_flops_per_s"] / b["matmul_flops_per_s"])
+    # halting rungs are credited with the FLOPs they executed, not the budget's ceiling
+    config = Config(**{**{k: v for k, v in vars(train.parse_args(TINY)).items()
+                          if k in Config.__dataclass_fields__}, "model": "nested_ut"})
+    T = tasks.seq_len("copy", 3)
+    steps = b["executed_block_passes"] / config.passes_per_step
+    flops = Model(config).compute_stats(T, steps=steps)["train_flops_per_token"]
+    assert 0 < b["executed_block_passes"] <= 6
+    assert b["train_flops_per_s"] == pytest.approx(flops * 8 * T / b["train_step_s"])
 
 
 def test_variants_share_one_table_and_flops_match_sets_iters_by_construction(tmp_path, capsys):

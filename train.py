@@ -702,9 +702,12 @@ def bench(args, device):
     print(f"bench: {name} on {task} L={args.n_digits}, batch {B}, {describe(config, stats, T)}")
     print(f"hardware: {hardware(device)}, torch {torch.__version__}, fp32")
 
+    steps = []  # executed steps per position: halting rungs do less than the budget
+
     def train_step():
         idx, targets = tasks.get_batch(task, args.n_digits, B, g, device)
         _, loss = model(idx, targets)
+        steps.append(model.last_steps.mean())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -721,9 +724,11 @@ def bench(args, device):
     n_single = min(10, len(ex))
     single_s = timed(lambda: [model.generate(ex[i:i + 1, :P], A) for i in range(n_single)], device, repeats=3,
                      warmup=1)
-    train_flops = stats["train_flops_per_token"] * B * T / step_s
+    executed = float(torch.stack(steps).mean())
+    train_flops = model.compute_stats(T, steps=executed)["train_flops_per_token"] * B * T / step_s
     out = {
         "train_step_s": step_s, "train_tokens_per_s": B * T / step_s, "train_flops_per_s": train_flops,
+        "executed_block_passes": executed * config.passes_per_step,
         "matmul_flops_per_s": 2 * B * T * config.n_embd * 4 * config.n_embd / mm_s,
         "eval_batched_per_s": len(ex) / batched_s, "eval_single_per_s": n_single / single_s,
         "model": name, "task": task, "n_digits": args.n_digits, "batch_size": B, "device": device,
@@ -732,6 +737,7 @@ def bench(args, device):
     out["matmul_fraction"] = out["train_flops_per_s"] / out["matmul_flops_per_s"]
     out["eval_speedup"] = out["eval_batched_per_s"] / out["eval_single_per_s"]
     print(f"train: {out['train_step_s'] * 1e3:.1f} ms/step | {out['train_tokens_per_s']:,.0f} tok/s | "
+          f"{out['executed_block_passes']:.1f}/{config.budget} passes executed | "
           f"{train_flops / 1e9:.1f} GFLOP/s useful | matmul {out['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s "
           f"({B * T}x{config.n_embd} @ {config.n_embd}x{4 * config.n_embd}) | fraction {out['matmul_fraction']:.2f}")
     print(f"eval: batched {out['eval_batched_per_s']:.1f} examples/s vs one at a time "
