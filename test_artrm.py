@@ -197,11 +197,14 @@ def test_the_pass_meter_reports_executed_passes_and_early_exits():
         model.halt.weight.zero_()
         model.halt.bias.fill_(30.0)  # halts at once
     model(idx)
-    assert meter.mean_steps() == 1 and meter.early_fraction() == 1
-    meter.reset()
+    assert meter.mean_steps("eval") == 1 and meter.early_fraction("eval") == 1
+    meter.reset("eval")
     never_halt(model)
     model(idx)
-    assert meter.mean_steps() == 12 and meter.early_fraction() == 0
+    assert meter.mean_steps("eval") == 12 and meter.early_fraction("eval") == 0
+    model.train()
+    model(idx)  # training forwards are counted apart
+    assert meter.state["train"][:2] == [1, 0] and meter.state["eval"][0] == 1
 
 # -----------------------------------------------------------------------------
 # Extensions for the open question (default off: the paper's behaviour)

@@ -185,27 +185,31 @@ def sync(device):
 # Executed compute: what the halting rungs actually spend (the budget is a ceiling).
 
 class PassMeter:
-    """Counts, over the forwards of a model, the steps each position was still running
-    (ACT n_updates) and how many forwards exited early because the whole batch halted."""
+    """Counts over a model's forwards, apart for training and evaluation: the mean steps
+    each position was still running (ACT n_updates) and how many forwards exited early
+    because the whole batch had halted. `state` holds plain numbers, for checkpoints."""
 
-    def __init__(self, model):
-        self.steps_per_forward = model.config.n_steps
-        self.reset()
+    def __init__(self, model, state=None):
+        self.n_steps = model.config.n_steps
+        self.state = state or {"train": [0, 0, 0.0], "eval": [0, 0, 0.0]}  # forwards, early exits, steps
         model.register_forward_hook(self.hook)
 
-    def reset(self):
-        self.forwards, self.early, self.steps = 0, 0, 0.0
+    def reset(self, mode):
+        self.state[mode] = [0, 0, 0.0]
 
     def hook(self, model, inputs, output):
-        self.forwards += 1
-        self.steps = self.steps + model.last_steps.mean()  # a tensor: no device sync here
-        self.early += int(model.last_steps.max() < self.steps_per_forward)
+        tally = self.state["train" if model.training else "eval"]
+        tally[0] += 1
+        tally[1] += int(model.last_steps.max() < self.n_steps)  # a sync, as the readouts do per step
+        tally[2] += float(model.last_steps.mean())
 
-    def mean_steps(self):
-        return float(self.steps) / max(self.forwards, 1)
+    def mean_steps(self, mode):
+        forwards, _, steps = self.state[mode]
+        return steps / max(forwards, 1)
 
-    def early_fraction(self):
-        return self.early / max(self.forwards, 1)
+    def early_fraction(self, mode):
+        forwards, early, _ = self.state[mode]
+        return early / max(forwards, 1)
 
 # -----------------------------------------------------------------------------
 # Evaluation: batched decoding of the answer from the prompt, no teacher forcing.
@@ -309,7 +313,7 @@ def train_run(args, task, name, seed, device, label=""):
     optimizer = model.configure_optimizers(args.lr, args.weight_decay)
     data_gen = torch.Generator(device=device).manual_seed(seed)  # the data stream, apart from init
     stats = model.compute_stats(T)
-    it, history, wall, steps_sum, steps_n, early_n = 0, [], 0.0, 0.0, 0, 0  # steps: executed, per position
+    it, history, wall = 0, [], 0.0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -318,8 +322,8 @@ def train_run(args, task, name, seed, device, label=""):
         if device == "cuda" and "cuda_rng" in ckpt:
             torch.cuda.set_rng_state(ckpt["cuda_rng"])
         it, history, wall = ckpt["iter"], ckpt["history"], ckpt["wall_s"]
-        steps_sum, steps_n, early_n = ckpt["train_steps_sum"], ckpt["train_steps_n"], ckpt["train_early_n"]
         print(f"{label}resuming {run_dir} from iter {it}")
+    meter = PassMeter(model, ckpt["passes"] if ckpt is not None else None)  # executed passes, train and eval
     fwd = torch.compile(model) if args.compile else model  # the uncompiled model is what we save
 
     print(f"{label}{run_name(task, name, seed)}: {describe(config, stats, T)}, {args.max_iters} iters")
@@ -329,8 +333,7 @@ def train_run(args, task, name, seed, device, label=""):
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": asdict(config),
             "iter": it, "data_rng": data_gen.get_state(), "torch_rng": torch.get_rng_state(),
             **({"cuda_rng": torch.cuda.get_rng_state()} if device == "cuda" else {}),
-            "history": history, "wall_s": wall, "train_steps_sum": steps_sum, "train_steps_n": steps_n,
-            "train_early_n": early_n,
+            "history": history, "wall_s": wall, "passes": meter.state,
             "task": task, "seed": seed, "n_digits": args.n_digits})
 
     # Ctrl-C is taken between iterations, so the checkpoint it writes resumes exactly;
@@ -354,8 +357,6 @@ def train_run(args, task, name, seed, device, label=""):
             lossf = loss.item()
             if not math.isfinite(lossf):
                 raise FloatingPointError(f"loss is {lossf} at iter {it}; the last good checkpoint is kept")
-            steps_sum, steps_n = steps_sum + float(model.last_steps.mean()), steps_n + 1
-            early_n += int(model.last_steps.max() < config.n_steps)  # the whole batch halted early
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if args.grad_clip > 0:
@@ -372,7 +373,7 @@ def train_run(args, task, name, seed, device, label=""):
                 eta = wall / it * (args.max_iters - it) if it else 0.0
                 print(f"{label}iter {it:05d}/{args.max_iters:05d} ({100 * it / args.max_iters:5.1f}%) | "
                       f"loss {lossf:.4f} | tok_acc {tok_acc:.3f} | passes "
-                      f"{steps_sum / steps_n * config.passes_per_step:.1f}/{config.budget} | "
+                      f"{meter.mean_steps('train') * config.passes_per_step:.1f}/{config.budget} | "
                       f"{tokens_log / dt:,.0f} tok/s | eta {fmt_time(eta)}")
                 t_log, tokens_log = time.time(), 0
             if it % args.eval_interval == 0 or it == args.max_iters:
@@ -398,17 +399,17 @@ def train_run(args, task, name, seed, device, label=""):
                           f"python {' '.join(sys.argv)} --resume")
     checkpoint()
 
-    meter = PassMeter(model)
+    meter.reset("eval")  # executed passes of the final evaluation only
     final = evaluate(model, task, args.eval_lengths, args.eval_examples, device, args.temperature, show=3)
-    exec_train = steps_sum / max(steps_n, 1)
+    exec_train = meter.mean_steps("train")
     return {
         "model": config.model, "name": name, "task": task, "seed": seed, "budget": config.budget,
         "n_digits": args.n_digits,
         "iters": it, **stats,
         "executed_block_passes_train": exec_train * config.passes_per_step,
-        "executed_block_passes_eval": meter.mean_steps() * config.passes_per_step,
-        "early_exit_fraction_train": early_n / max(steps_n, 1),
-        "early_exit_fraction_eval": meter.early_fraction(),
+        "executed_block_passes_eval": meter.mean_steps("eval") * config.passes_per_step,
+        "early_exit_fraction_train": meter.early_fraction("train"),
+        "early_exit_fraction_eval": meter.early_fraction("eval"),
         "executed_train_flops_per_token": model.compute_stats(T, steps=exec_train)["train_flops_per_token"],
         "train_tokens": it * args.batch_size * T,
         "wall_s": wall, "final_loss": loss.item() if loss is not None else history[-1]["loss"],
