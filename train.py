@@ -150,14 +150,18 @@ def validate(args):
         except ValueError as e:
             raise UserError(f"{m}: {e}") from None
     for task in args.tasks:
-        for n in [args.n_digits] + args.eval_lengths:
-            if tasks.seq_len(task, n) > args.block_size:
-                raise UserError(f"{task} at length {n} needs {tasks.seq_len(task, n)} tokens, more than "
-                                f"--block_size {args.block_size}")
+        check_fits(task, [args.n_digits] + args.eval_lengths, args.block_size, "--block_size")
     if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
         raise UserError(f"--out_dir {args.out_dir} is a file, not a directory")
     if args.compile and args.device != "cuda":
         raise UserError("--compile is offered on CUDA only")
+
+
+def check_fits(task, lengths, block_size, whose):
+    for n in lengths:
+        if tasks.seq_len(task, n) > block_size:
+            raise UserError(f"{task} at length {n} needs {tasks.seq_len(task, n)} tokens, more than "
+                            f"{whose} {block_size}")
 
 
 def get_device(name):
@@ -301,8 +305,6 @@ def train_run(args, task, name, seed, device, label=""):
     run_dir = os.path.join(args.out_dir, run_name(task, name, seed))
     ckpt_path = os.path.join(run_dir, "ckpt.pt")
     ckpt = None
-    if args.resume and not os.path.exists(ckpt_path) and args.single_run:
-        raise UserError(f"--resume: no checkpoint at {ckpt_path}")
     if args.resume and os.path.exists(ckpt_path):
         ckpt = load_checkpoint(ckpt_path)
         check_matches(ckpt, config, ckpt_path)
@@ -431,7 +433,7 @@ def describe(config, stats, T):
 def run_config(args):
     """The settings that define a run (not where it is written or how it is driven)."""
     skip = {"model", "task", "seed", "seeds", "out_dir", "resume", "eval_only", "ckpt", "plot", "bench",
-            "device", "compile", "ckpt_interval", "models", "tasks", "flops_match", "single_run"}
+            "device", "compile", "ckpt_interval", "models", "tasks", "flops_match"}
     return {k: v for k, v in vars(args).items() if k not in skip}
 
 
@@ -569,7 +571,6 @@ def compare(args, device):
     results_path = os.path.join(args.out_dir, "results.json")
     previous = read_results(results_path)  # refuse a damaged file before any work
     runs = [(t, m, s) for t in args.tasks for m in args.models for s in range(args.seed, args.seed + args.seeds)]
-    args.single_run = len(runs) == 1  # --resume of a single run needs its checkpoint; a comparison starts the missing
     print(f"device {device}, torch {torch.__version__}, preset {args.preset}: {len(runs)} run(s)")
     print("config: " + json.dumps(run_config(args)))
     records, t0, trained = [], time.time(), 0
@@ -581,6 +582,9 @@ def compare(args, device):
             print(f"{label}{run_name(task, name, seed)} is finished in {results_path}; skipped")
             records.append(done)
             continue
+        ckpt_path = os.path.join(args.out_dir, run_name(task, name, seed), "ckpt.pt")
+        if args.resume and len(runs) == 1 and not os.path.exists(ckpt_path):  # a comparison starts missing runs
+            raise UserError(f"--resume: no checkpoint at {ckpt_path}")
         if trained:
             eta = (time.time() - t0) / trained * (len(runs) - i)
             print(f"{label}comparison eta {fmt_time(eta)} for the {len(runs) - i} run(s) left")
@@ -614,10 +618,7 @@ def eval_only(args, device):
                 ckpt = load_checkpoint(path)
                 task = ckpt.get("task", task)
                 config = Config(**ckpt["config"])
-                for n in args.eval_lengths:
-                    if tasks.seq_len(task, n) > config.block_size:
-                        raise UserError(f"{task} at length {n} needs {tasks.seq_len(task, n)} tokens, more "
-                                        f"than the checkpoint's block_size {config.block_size}")
+                check_fits(task, args.eval_lengths, config.block_size, "the checkpoint's block_size")
                 model = Model(config).to(device)
                 model.load_state_dict(ckpt["model"])
                 print(f"{path}: {config.model} on {task}, iter {ckpt['iter']}")
