@@ -49,6 +49,23 @@ class PassLog:
 # The ladder
 
 
+def test_dropout_drops_p_in_every_lane_and_keeps_the_mean():
+    torch.manual_seed(0)
+    x = torch.ones(1000, 1000)
+    y = artrm.Dropout(0.1).train()(x)
+    dropped = (y == 0).float().view(-1, 4).mean(0)  # one rate per 16-bit lane of each 64-bit draw
+    assert torch.allclose(dropped, torch.full((4,), 0.1), atol=0.003), dropped
+    assert y.mean().item() == pytest.approx(1.0, abs=0.003)  # kept values scaled by 1 / keep rate
+    assert torch.allclose(y.unique(), torch.tensor([0.0, 65536 / (65536 - 6554)]))
+
+
+def test_dropout_is_the_identity_and_draws_nothing_when_off():
+    x = torch.randn(8, 5)
+    state = torch.get_rng_state()
+    assert artrm.Dropout(0.1).eval()(x) is x and artrm.Dropout(0.0).train()(x) is x
+    assert torch.equal(torch.get_rng_state(), state)  # the laptop preset (p=0) consumes no randomness
+
+
 @pytest.mark.parametrize("rung", RUNGS)
 def test_every_rung_is_causal(rung):
     torch.manual_seed(0)
@@ -159,8 +176,9 @@ def test_training_flops_count_backward_only_where_gradient_flows():
     per_pass = 24 * d * d + 4 * d * (T + 1) / 2
     dense = Model(tiny("dense", budget=6)).compute_stats(T)["train_flops_per_token"]
     assert dense == pytest.approx(3 * (6 * per_pass + 2 * d * V))
-    ar = Model(tiny("ar_trm", budget=6)).compute_stats(T)["train_flops_per_token"]
-    assert ar == pytest.approx(6 * per_pass + 2 * 3 * per_pass + 3 * 2 * d * V + 3 * 2 * d / T)
+    ar = Model(tiny("ar_trm", budget=6)).compute_stats(T)
+    assert ar["train_flops_per_token"] == pytest.approx(6 * per_pass + 2 * 3 * per_pass + 3 * 2 * d * V + 3 * 2 * d / T)
+    assert ar["forward_flops_per_token"] == pytest.approx(6 * per_pass + 2 * d * V + 2 * d / T)  # all 6 passes run
 
 
 def test_act_halts_at_once_or_never_and_reports_executed_steps():
@@ -559,7 +577,8 @@ def test_bench_prints_its_ratios_and_writes_them(tmp_path, capsys):
     with open(tmp_path / "bench.json") as f:
         b = json.load(f)
     for key in ("train_tokens_per_s", "train_flops_per_s", "matmul_flops_per_s", "matmul_fraction",
-                "eval_batched_per_s", "eval_single_per_s", "eval_speedup"):
+                "eval_batched_per_s", "eval_single_per_s", "eval_speedup", "eval_batched_flops_per_s",
+                "eval_single_flops_per_s"):
         assert b[key] > 0, key
     assert b["matmul_fraction"] == pytest.approx(b["train_flops_per_s"] / b["matmul_flops_per_s"])
     # halting rungs are credited with the FLOPs they executed, not the budget's ceiling

@@ -692,14 +692,14 @@ def timed(fn, device, repeats, warmup=2):
     return statistics.median(times)
 
 
-def bench(args, device):
+def bench(args, device, repeats=5):
     task, name = args.tasks[0], args.models[0]
     config = model_config(args, name)
     torch.manual_seed(args.seed)
     model = Model(config).to(device)
     optimizer = model.configure_optimizers(args.lr, args.weight_decay)
     g = torch.Generator(device=device).manual_seed(args.seed)
-    T, B = tasks.seq_len(task, args.n_digits), args.batch_size
+    T, B, d = tasks.seq_len(task, args.n_digits), args.batch_size, config.n_embd
     stats = model.compute_stats(T)
     print(f"bench: {name} on {task} L={args.n_digits}, batch {B}, {describe(config, stats, T)}")
     print(f"hardware: {hardware(device)}, torch {torch.__version__}, fp32")
@@ -714,36 +714,69 @@ def bench(args, device):
         loss.backward()
         optimizer.step()
 
+    # The reference: a plain fp32 matmul of the MLP's shape, timed between the training
+    # steps, so that both see the same state of the machine (its speed drifts by 10-20%).
+    a = torch.randn(B * T, d, device=device)
+    w = torch.randn(d, 4 * d, device=device)
+    mm_flops = 2 * B * T * d * 4 * d
     model.train()
-    step_s = timed(train_step, device, repeats=5)
-    a = torch.randn(B * T, config.n_embd, device=device)
-    w = torch.randn(config.n_embd, 4 * config.n_embd, device=device)
-    mm_s = timed(lambda: a @ w, device, repeats=20)
-    ex = eval_set(task, args.n_digits, args.eval_examples, device)
-    P, A = tasks.prompt_len(task, args.n_digits), tasks.answer_len(task, args.n_digits)
-    model.eval()
-    batched_s = timed(lambda: model.generate(ex[:, :P], A), device, repeats=3, warmup=1)
-    n_single = min(10, len(ex))
-    single_s = timed(lambda: [model.generate(ex[i:i + 1, :P], A) for i in range(n_single)], device, repeats=3,
-                     warmup=1)
+    step_times, mm_times = [], []
+    for _ in range(repeats):
+        step_times.append(timed(train_step, device, repeats=1, warmup=0 if step_times else 2))
+        mm_times.append(timed(lambda: a @ w, device, repeats=5, warmup=1))
+    step_s, mm_s = statistics.median(step_times), statistics.median(mm_times)
     executed = float(torch.stack(steps).mean())
     train_flops = model.compute_stats(T, steps=executed)["train_flops_per_token"] * B * T / step_s
+
+    # Evaluation: greedy decoding of the same examples, batched and one at a time. Their
+    # forward FLOPs are counted in an untimed run (the steps each forward's loop ran), so
+    # both paths can be set against the matmul speed: the batched path cannot beat it.
+    ex = eval_set(task, args.n_digits, args.eval_examples, device)
+    P, A = tasks.prompt_len(task, args.n_digits), tasks.answer_len(task, args.n_digits)
+    n_single = min(10, len(ex))
+    batched = lambda: model.generate(ex[:, :P], A)
+    single = lambda: [model.generate(ex[i:i + 1, :P], A) for i in range(n_single)]
+
+    def decode_flops(decode):
+        spent = []
+        def count(m, inputs, output):
+            n, t = inputs[0].shape
+            ran = float(m.last_steps.max())
+            spent.append(n * t * m.compute_stats(t, steps=ran)["forward_flops_per_token"])
+        handle = model.register_forward_hook(count)
+        decode()
+        handle.remove()
+        return sum(spent)
+
+    model.eval()
+    batched_s = timed(batched, device, repeats=3, warmup=1)
+    single_s = timed(single, device, repeats=3, warmup=1)
     out = {
         "train_step_s": step_s, "train_tokens_per_s": B * T / step_s, "train_flops_per_s": train_flops,
         "executed_block_passes": executed * config.passes_per_step,
-        "matmul_flops_per_s": 2 * B * T * config.n_embd * 4 * config.n_embd / mm_s,
+        "matmul_flops_per_s": mm_flops / mm_s,
         "eval_batched_per_s": len(ex) / batched_s, "eval_single_per_s": n_single / single_s,
+        "eval_batched_flops_per_s": decode_flops(batched) / batched_s,
+        "eval_single_flops_per_s": decode_flops(single) / single_s,
+        "train_step_s_range": [min(step_times), max(step_times)],
+        "matmul_flops_per_s_range": [mm_flops / max(mm_times), mm_flops / min(mm_times)],
         "model": name, "task": task, "n_digits": args.n_digits, "batch_size": B, "device": device,
         "hardware": hardware(device), "torch": torch.__version__, "config": run_config(args),
     }
-    out["matmul_fraction"] = out["train_flops_per_s"] / out["matmul_flops_per_s"]
+    mm = out["matmul_flops_per_s"]
+    out["matmul_fraction"] = train_flops / mm
     out["eval_speedup"] = out["eval_batched_per_s"] / out["eval_single_per_s"]
-    print(f"train: {out['train_step_s'] * 1e3:.1f} ms/step | {out['train_tokens_per_s']:,.0f} tok/s | "
+    print(f"train: {step_s * 1e3:.1f} ms/step (median of {repeats}; {min(step_times) * 1e3:.0f}-"
+          f"{max(step_times) * 1e3:.0f}) | {out['train_tokens_per_s']:,.0f} tok/s | "
           f"{out['executed_block_passes']:.1f}/{config.budget} passes executed | "
-          f"{train_flops / 1e9:.1f} GFLOP/s useful | matmul {out['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s "
-          f"({B * T}x{config.n_embd} @ {config.n_embd}x{4 * config.n_embd}) | fraction {out['matmul_fraction']:.2f}")
-    print(f"eval: batched {out['eval_batched_per_s']:.1f} examples/s vs one at a time "
-          f"{out['eval_single_per_s']:.1f} examples/s | speedup {out['eval_speedup']:.1f}x")
+          f"{train_flops / 1e9:.1f} GFLOP/s useful")
+    print(f"matmul: {mm / 1e9:.1f} GFLOP/s ({B * T}x{d} @ {d}x{4 * d}; "
+          f"{out['matmul_flops_per_s_range'][0] / 1e9:.0f}-{out['matmul_flops_per_s_range'][1] / 1e9:.0f}) | "
+          f"training fraction {out['matmul_fraction']:.2f}")
+    print(f"eval: batched {out['eval_batched_per_s']:.1f} examples/s "
+          f"({out['eval_batched_flops_per_s'] / mm:.2f} of matmul speed) vs one at a time "
+          f"{out['eval_single_per_s']:.1f} examples/s ({out['eval_single_flops_per_s'] / mm:.2f}) | "
+          f"speedup {out['eval_speedup']:.1f}x")
     os.makedirs(args.out_dir, exist_ok=True)
     path = os.path.join(args.out_dir, "bench.json")
     with open(path, "w") as f:
