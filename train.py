@@ -71,6 +71,7 @@ DEFAULTS = dict(
     ckpt="",               # with --eval_only: a checkpoint file to evaluate (default: the run's own)
     plot=False,            # write PNG plots (needs matplotlib)
     bench=False,           # time training and evaluation instead of training a run
+    profile=False,         # with --bench: print torch.profiler's table of one training step
 )
 PRESETS = {
     "laptop": {},  # the DEFAULTS above: whole ladder x 3 tasks in minutes on 2 CPU cores
@@ -432,7 +433,7 @@ def describe(config, stats, T):
 
 def run_config(args):
     """The settings that define a run (not where it is written or how it is driven)."""
-    skip = {"model", "task", "seed", "seeds", "out_dir", "resume", "eval_only", "ckpt", "plot", "bench",
+    skip = {"model", "task", "seed", "seeds", "out_dir", "resume", "eval_only", "ckpt", "plot", "bench", "profile",
             "device", "compile", "ckpt_interval", "models", "tasks", "flops_match"}
     return {k: v for k, v in vars(args).items() if k not in skip}
 
@@ -725,6 +726,10 @@ def bench(args, device, repeats=5):
         step_times.append(timed(train_step, device, repeats=1, warmup=0 if step_times else 2))
         mm_times.append(timed(lambda: a @ w, device, repeats=5, warmup=1))
     step_s, mm_s = statistics.median(step_times), statistics.median(mm_times)
+    if args.profile:  # where a step's time goes, kernel by kernel
+        with torch.profiler.profile() as prof:
+            train_step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     executed = float(torch.stack(steps).mean())
     train_flops = model.compute_stats(T, steps=executed)["train_flops_per_token"] * B * T / step_s
 
