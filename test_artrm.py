@@ -571,9 +571,10 @@ def test_bad_input_gets_one_line_and_a_nonzero_exit(tmp_path, capsys):
 
 
 def test_bench_prints_its_ratios_and_writes_them(tmp_path, capsys):
-    assert run_main(tmp_path, "--bench", "--model", "nested_ut", "--task", "copy") == 0
+    assert run_main(tmp_path, "--bench", "--profile", "--model", "nested_ut", "--task", "copy") == 0
     out = capsys.readouterr().out
     assert "fraction" in out and "speedup" in out and "hardware:" in out
+    assert "aten::mm" in out and "Self CPU" in out  # --profile: the kernels of one training step
     with open(tmp_path / "bench.json") as f:
         b = json.load(f)
     for key in ("train_tokens_per_s", "train_flops_per_s", "matmul_flops_per_s", "matmul_fraction",
@@ -581,6 +582,7 @@ def test_bench_prints_its_ratios_and_writes_them(tmp_path, capsys):
                 "eval_single_flops_per_s"):
         assert b[key] > 0, key
     assert b["matmul_fraction"] == pytest.approx(b["train_flops_per_s"] / b["matmul_flops_per_s"])
+    assert b["eval_speedup"] == pytest.approx(b["eval_batched_per_s"] / b["eval_single_per_s"])
     # halting rungs are credited with the FLOPs they executed, not the budget's ceiling
     config = Config(**{**{k: v for k, v in vars(train.parse_args(TINY)).items()
                           if k in Config.__dataclass_fields__}, "model": "nested_ut"})
