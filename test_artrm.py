@@ -556,6 +556,7 @@ def test_bad_input_gets_one_line_and_a_nonzero_exit(tmp_path, capsys):
     }
     if not torch.cuda.is_available():
         cases["cuda is not available"] = ["--device", "cuda"]
+        cases["--compile is offered on CUDA only"] = ["--compile"]  # with --device auto
     capsys.readouterr()
     for want, flags in cases.items():
         out_dir = [] if "--out_dir" in flags else ["--out_dir", str(good)]

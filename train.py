@@ -154,7 +154,7 @@ def validate(args):
         check_fits(task, [args.n_digits] + args.eval_lengths, args.block_size, "--block_size")
     if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
         raise UserError(f"--out_dir {args.out_dir} is a file, not a directory")
-    if args.compile and args.device != "cuda":
+    if args.compile and get_device(args.device) != "cuda":  # --device auto picks CUDA where there is one
         raise UserError("--compile is offered on CUDA only")
 
 
