@@ -726,12 +726,12 @@ def bench(args, device, repeats=5):
         step_times.append(timed(train_step, device, repeats=1, warmup=0 if step_times else 2))
         mm_times.append(timed(lambda: a @ w, device, repeats=5, warmup=1))
     step_s, mm_s = statistics.median(step_times), statistics.median(mm_times)
+    executed = float(torch.stack(steps).mean())  # over the warm-up and timed steps only
+    train_flops = model.compute_stats(T, steps=executed)["train_flops_per_token"] * B * T / step_s
     if args.profile:  # where a step's time goes, kernel by kernel
         with torch.profiler.profile() as prof:
             train_step()
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
-    executed = float(torch.stack(steps).mean())
-    train_flops = model.compute_stats(T, steps=executed)["train_flops_per_token"] * B * T / step_s
 
     # Evaluation: greedy decoding of the same examples, batched and one at a time. Their
     # forward FLOPs are counted in the warm-up run (the steps each forward's loop ran), so
