@@ -59,9 +59,9 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         assert config.n_embd % config.n_head == 0
         self.n_head = config.n_head
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v in one matmul
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)  # q, k, v in one matmul, no bias (as the authors)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
-        self.dropout = Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)  # on the output; the attention probabilities get theirs in SDPA
 
     def forward(self, x):
         B, T, C = x.size()
@@ -69,7 +69,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)      # (B, nh, T, hs)
+        p = self.dropout.p if self.training else 0.0  # dropout on the attention probabilities, as the authors
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)                 # (B, T, C)
         return self.dropout(self.c_proj(y))
 
@@ -124,10 +125,11 @@ class Config:
     n_head: int = 6
     block_size: int = 180          # longest input the learned positions cover (addition at L=50 is 153)
     vocab_size: int = 14           # "0123456789|+=\n", see tasks.py
-    dropout: float = 0.1           # on the attention and MLP outputs
+    dropout: float = 0.1           # on the attention probabilities and the attention and MLP outputs
     n_outer: int = 2               # H: outer cycles per ACT step (nested rungs only)
     n_inner: int = 2               # L: z-updates per outer cycle (nested rungs only)
     ponder_weight: float = 0.0     # ACT ponder cost weight; the paper uses 0
+    halt_explore: float = 0.25     # ar_trm in training: chance that a sequence draws a minimum step count (the paper's)
     full_grad: bool = False        # extension: nested rungs backprop through every pass (no detach, no no_grad)
     deep_supervision: bool = False # extension: loss on y after every step, state detached between steps (TRM)
     halt_loss: bool = False        # extension: train ar_trm's halting head with BCE on "answer exactly right"
@@ -135,6 +137,15 @@ class Config:
     def __post_init__(self):
         if self.model not in RUNGS:
             raise ValueError(f"unknown model {self.model!r}; choose from {', '.join(RUNGS)}")
+        for ok, what in [(self.n_embd > 0 and self.n_head > 0 and self.n_embd % self.n_head == 0,
+                          f"n_embd ({self.n_embd}) must be a positive multiple of n_head ({self.n_head})"),
+                         (self.block_size > 0 and self.vocab_size > 0, "block_size and vocab_size must be positive"),
+                         (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
+                         (self.n_outer >= 1 and self.n_inner >= 1, "n_outer and n_inner must be at least 1"),
+                         (self.ponder_weight >= 0, f"ponder_weight must be >= 0, got {self.ponder_weight}"),
+                         (0 <= self.halt_explore <= 1, f"halt_explore must be in [0, 1], got {self.halt_explore}")]:
+            if not ok:
+                raise ValueError(what)
         if self.budget <= 0 or self.budget % self.passes_per_step:
             k = self.passes_per_step
             raise ValueError(f"budget {self.budget} is impossible for {self.model}: it spends {k} block "
@@ -166,40 +177,48 @@ class FinalReadout:
     """Rungs 1-3: the output is the last state."""
 
     def __init__(self, model, y):
+        self.n_steps = model.config.n_steps
         self.out, self.steps = None, torch.zeros(y.shape[:2], device=y.device)  # steps: (B, T)
 
-    def update(self, y, last):
+    def update(self, y, t):
         self.out, self.steps = y, self.steps + 1
-        return False
+        return t == self.n_steps - 1
 
 
 class ACTReadout:
-    """Rungs 4-6: Graves-style ACT per position (as in the Universal Transformer).
-    A position halts once its cumulative halting probability reaches HALT_THRESHOLD
-    and adds its remainder; at the last step every running position adds its remainder.
-    Halted positions are still computed (others attend to them), they just stop adding
-    to the output. The caller exits early only when the whole batch has halted."""
+    """Rungs 4-6: Graves-style ACT per position (as in the Universal Transformer), as
+    the authors compute it. A position halts once its cumulative halting probability
+    plus this step's p reaches HALT_THRESHOLD, and adds its remainder (1 - cum). At the
+    last step a position still running adds p and then 1 - cum, cum now including p
+    (so its remainder, in the ponder cost, is what is left after p). Halted positions
+    are still computed (others attend to them), they just stop adding to the output.
+    The caller exits early only when the whole batch has halted."""
 
     def __init__(self, model, y):
-        self.halt = model.halt
+        self.halt, self.n_steps = model.halt, model.config.n_steps
         B, T, _ = y.shape
+        self.halted = torch.zeros(B, T, dtype=torch.bool, device=y.device)
         self.cum = torch.zeros(B, T, device=y.device)     # cumulative halting probability
         self.rem = torch.zeros(B, T, device=y.device)     # remainder, set when a position halts
         self.steps = torch.zeros(B, T, device=y.device)   # ACT n_updates
         self.out = torch.zeros_like(y)
 
-    def update(self, y, last):
+    def update(self, y, t):
         p = torch.sigmoid(self.halt(y)).squeeze(-1)                             # (B, T)
-        running = (self.cum < HALT_THRESHOLD).float()
-        halting = running if last else (self.cum + p * running > HALT_THRESHOLD).float() * running
-        running = running - halting                      # still running after this step
-        self.steps = self.steps + running + halting
-        self.cum = self.cum + p * running
-        self.rem = self.rem + halting * (1 - self.cum)   # a halting position adds what is left
-        weight = p * running + halting * self.rem                               # (B, T)
-        self.cum = self.cum + halting * self.rem
+        running = ~self.halted
+        halting = running & (self.cum + p >= HALT_THRESHOLD)
+        going = running & ~halting                       # still running after this step
+        self.rem = torch.where(halting, 1 - self.cum, self.rem)  # a halting position adds what is left
+        self.cum = torch.where(going, self.cum + p, self.cum)
+        weight = torch.where(halting, self.rem, p * going)                      # (B, T)
+        last = t == self.n_steps - 1
+        if last:  # positions that never halted add the rest, 1 - cum with this step's p in cum
+            self.rem = torch.where(going, 1 - self.cum, self.rem)
+            weight = weight + self.rem * going
+        self.steps = self.steps + running
+        self.halted = self.halted | halting
         self.out = self.out + weight.unsqueeze(-1) * y                          # (B, T, C)
-        return not bool((self.cum < HALT_THRESHOLD).any())  # the one sync per step
+        return last or bool(self.halted.all())  # the one sync per step
 
     def ponder_cost(self):
         return (self.steps + self.rem).mean()
@@ -209,24 +228,37 @@ class HaltReadout:
     """Rung 7: a binary halting head reads y at position 0, as in the authors' code
     (position 0 sees only the first token, so halting stays causal, but it also cannot
     tell whether the answer is right). A sequence halts when its logit > 0 or at the
-    last step, and its output is y at that step.
+    last step, and its output is y at that step. (When sequences of one batch halt at
+    different steps, the authors' batched training forward reads the last executed step
+    for all of them; here each reads its own, as their one-at-a-time evaluation does, so
+    that training and evaluation compute the same function.)
+    Halt exploration, as in the paper: in training, with probability halt_explore a
+    sequence draws a minimum step count uniform in 1..N and cannot halt before it.
     Quirk kept from the paper: the head starts at weight 0, bias -5 and, in the
     authors' code, gets no loss, so it never fires and every forward runs the whole
     budget. Only halt_loss=True (an extension) trains it."""
 
     def __init__(self, model, y):
-        self.halt = model.halt
+        self.halt, self.n_steps = model.halt, model.config.n_steps
         B, T, _ = y.shape
         self.done = torch.zeros(B, dtype=torch.bool, device=y.device)
         self.steps = torch.zeros(B, T, device=y.device)
         self.out = torch.zeros_like(y)
+        self.min_steps = torch.zeros(B, dtype=torch.long, device=y.device)
+        if model.training and model.config.halt_explore > 0:
+            explore = torch.rand(B, device=y.device) < model.config.halt_explore
+            drawn = torch.randint(1, self.n_steps + 1, (B,), device=y.device)
+            self.min_steps = torch.where(explore, drawn, self.min_steps)      # (B,)
 
-    def update(self, y, last):
-        stop = (self.halt(y[:, 0]).squeeze(-1) > 0) | last                      # (B,)
-        self.out = torch.where((stop & ~self.done)[:, None, None], y, self.out)  # (B, T, C)
+    def update(self, y, t):
+        last = t == self.n_steps - 1
+        stop = ((self.halt(y[:, 0]).squeeze(-1) > 0) | last) & (t + 1 >= self.min_steps)  # (B,)
+        new = stop & ~self.done
+        if bool(new.any()):  # only a step that some sequence reads out joins the graph (and the backward)
+            self.out = torch.where(new[:, None, None], y, self.out)              # (B, T, C)
         self.steps = self.steps + (~self.done).float().unsqueeze(-1)
         self.done = self.done | stop
-        return bool(self.done.all())
+        return last or bool(self.done.all())
 
 
 READOUTS = {None: FinalReadout, "act": ACTReadout, "binary": HaltReadout}
@@ -257,7 +289,7 @@ class Model(nn.Module):
         if rung.halting:
             self.halt = nn.Linear(d, 1)
         self.ln_f = nn.LayerNorm(d)
-        self.lm_head = nn.Linear(d, config.vocab_size, bias=False)  # not tied to wte
+        self.lm_head = nn.Linear(d, config.vocab_size)  # not tied to wte; with a bias, as the authors
         self.apply(self._init_weights)
         if rung.two_streams:
             nn.init.normal_(self.y_init, std=0.02)
@@ -278,11 +310,13 @@ class Model(nn.Module):
         return self.config.rung.nested and not self.config.full_grad
 
     @property
-    def grad_every_step(self):
-        # With truncation and a final-only readout (ar_trm), only the last step's output
-        # can ever receive gradient, so earlier steps need no autograd graph at all.
+    def grad_steps(self):
+        # Steps whose passes receive gradient in training. Every step's last cycle builds
+        # a graph (the halting head may pick any step's y), but with truncation and a
+        # final-only readout (ar_trm) the loss reaches only the step that is read out.
         c = self.config
-        return not self.truncated or c.rung.halting == "act" or c.deep_supervision or c.halt_loss
+        final_only = self.truncated and c.rung.halting == "binary" and not (c.deep_supervision or c.halt_loss)
+        return 1 if final_only else c.n_steps
 
     def block(self, t):
         return self.blocks[0 if self.config.rung.tied else t]
@@ -317,13 +351,12 @@ class Model(nn.Module):
         for t in range(c.n_steps):
             if self.truncated:  # each step starts from a detached state
                 y, z = y.detach(), z.detach()
-            with torch.set_grad_enabled(torch.is_grad_enabled() and (self.grad_every_step or t == c.n_steps - 1)):
-                y, z = self.step(x, y, z, t)
+            y, z = self.step(x, y, z, t)
             if targets is not None and (c.deep_supervision or c.halt_loss):
                 ce, bce = self.step_losses(y, targets)
                 ce_steps.append(ce)
                 bce_steps.append(bce)
-            if readout.update(y, t == c.n_steps - 1):
+            if readout.update(y, t):
                 break
         self.last_steps = readout.steps.detach()
         logits = self.lm_head(self.ln_f(readout.out))                           # (B, T, V)
@@ -361,7 +394,7 @@ class Model(nn.Module):
         c = self.config
         T = seq_len or c.block_size
         d, N = c.n_embd, steps or c.n_steps
-        grad_steps = N if self.grad_every_step else 1
+        grad_steps = min(self.grad_steps, N)
         grad_passes = grad_steps * (c.n_inner + 1 if self.truncated else c.passes_per_step)
         pass_flops = 24 * d * d + 4 * d * (T + 1) / 2
         head_flops = (N if c.deep_supervision or c.halt_loss else 1) * 2 * d * c.vocab_size  # lm_head readouts
@@ -379,13 +412,10 @@ class Model(nn.Module):
     # -------------------------------------------------------------------------
 
     def configure_optimizers(self, lr, weight_decay=0.01, betas=(0.9, 0.999)):
-        # AdamW with decay on matrices only (nanoGPT's convention): biases, LayerNorm
-        # gains, the y/z init vectors stay undecayed.
-        decay = [p for p in self.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.parameters() if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        # AdamW decaying every parameter, biases and LayerNorm gains included, as the
+        # authors do (nanoGPT exempts vectors; the paper's model does not).
         fused = self.lm_head.weight.device.type in ("cpu", "cuda")  # one kernel for all params: faster
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
+        return torch.optim.AdamW(self.parameters(), lr=lr, betas=betas, weight_decay=weight_decay, fused=fused)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=0.0, generator=None):
