@@ -2,7 +2,9 @@
 CPU only, small models: the whole file runs in well under a minute."""
 
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,8 +12,11 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import artrm
+import bench
+import grid
 import tasks
 import train
 from artrm import RUNGS, Block, Config, Model
@@ -96,9 +101,20 @@ def test_shared_block_rungs_have_one_block_whatever_the_budget(rung):
 
 def test_dense_has_one_block_per_pass_and_matches_the_paper_size():
     assert len(Model(tiny("dense", budget=6)).blocks) == 6
-    # ladder.md: at B=24, d=384 dense has 42.6M parameters, the others about 1.86M
-    assert round(Model(Config(model="dense")).compute_stats()["params"] / 1e6, 1) == 42.7
-    assert round(Model(Config(model="ut")).compute_stats()["params"] / 1e6, 2) == 1.86
+
+# The parameter counts of the authors' code at the paper setting (d=384, 6 heads,
+# block_size 180, vocab 14, budget 24): q, k, v without bias, lm_head with one.
+PAPER_PARAMS = {"dense": 42_640_142, "iter": 1_853_966, "iter_step": 1_863_182, "ut": 1_863_567,
+                "dual_ut": 1_859_727, "nested_ut": 1_856_655, "ar_trm": 1_856_655}
+
+
+@pytest.mark.parametrize("rung", RUNGS)
+def test_parameter_counts_are_the_authors_at_the_paper_setting(rung):
+    config = Config(model=rung, budget=24, n_embd=384, n_head=6, block_size=180, vocab_size=14)
+    with torch.device("meta"):
+        model = Model(config)
+    assert model.compute_stats()["params"] == PAPER_PARAMS[rung]
+    assert model.blocks[0].attn.c_attn.bias is None and model.lm_head.bias is not None
 
 
 @pytest.mark.parametrize("rung", RUNGS)
@@ -108,10 +124,15 @@ def test_block_passes_counted_by_hooks_match_compute_stats(rung, budget):
     log = PassLog(model)
     idx, targets = tasks.get_batch("reverse", 4, 2, torch.Generator().manual_seed(0))
     model.train()
-    model(idx, targets)
+    _, loss = model(idx, targets)
+    reached = set()
+    for i, out in enumerate(log.outputs):
+        if out.requires_grad:
+            out.register_hook(lambda g, i=i: reached.add(i))
+    loss.backward()
     stats = model.compute_stats(idx.size(1))
     assert len(log.grad) == stats["block_passes"] == budget
-    assert sum(log.grad) == stats["grad_block_passes"]
+    assert len(reached) == stats["grad_block_passes"]
 
 
 def test_grad_pass_arithmetic_per_rung():
@@ -201,10 +222,89 @@ def test_act_weights_sum_to_one():
     x = torch.randn(2, 5, 32)
     readout = artrm.ACTReadout(model, x)
     for t in range(12):
-        if readout.update(x, t == 11):
+        if readout.update(x, t):
             break
     assert torch.allclose(readout.out, x, atol=1e-5)  # weights sum to 1 on a constant state
     assert ((readout.steps >= 1) & (readout.steps <= 12)).all()
+
+
+def constant_halting(model, p):
+    """Every position's ACT halting probability is p at every step."""
+    with torch.no_grad():
+        model.halt.weight.zero_()
+        model.halt.bias.fill_(math.log(p / (1 - p)))
+    return model
+
+
+def test_act_remainder_at_the_last_step_counts_that_steps_p():
+    # p = 0.3 at both of 2 steps, never reaching the threshold: the last step adds p and
+    # then 1 - cum with cum = 0.6, so the remainder is 0.4 (0.7 if this step's p were left out)
+    model = constant_halting(Model(tiny("ut", budget=2, ponder_weight=1.0)), 0.3)
+    x = torch.randn(2, 5, 32)
+    readout = artrm.ACTReadout(model, x)
+    assert not readout.update(x, 0) and readout.update(x, 1)
+    assert torch.allclose(readout.rem, torch.full((2, 5), 0.4))
+    assert readout.ponder_cost().item() == pytest.approx(2.4)
+    assert torch.allclose(readout.out, x, atol=1e-6)  # weights 0.3 + (0.3 + 0.4) still sum to 1
+
+
+def test_act_halts_when_the_cumulative_probability_reaches_the_threshold(monkeypatch):
+    monkeypatch.setattr(artrm, "HALT_THRESHOLD", 1.0)
+    model = constant_halting(Model(tiny("ut", budget=3)), 0.5).eval()  # 0.5 + 0.5 == 1.0 exactly
+    model(torch.randint(0, 14, (2, 6)))
+    assert (model.last_steps == 2).all()  # halts at step 2 (>=), not after the budget (>)
+
+
+def test_attention_probabilities_get_dropout_in_training_only(monkeypatch):
+    seen, real = [], F.scaled_dot_product_attention
+    monkeypatch.setattr(artrm.F, "scaled_dot_product_attention",
+                        lambda *a, dropout_p=0.0, **k: seen.append(dropout_p) or real(*a, dropout_p=dropout_p, **k))
+    model = Model(Config(model="iter", budget=3, n_embd=32, n_head=2, block_size=40, dropout=0.25))
+    idx = torch.randint(0, 14, (2, 6))
+    model.train()
+    model(idx)
+    assert seen == [0.25] * 3
+    model.eval()
+    model(idx)
+    assert seen[3:] == [0.0] * 3
+
+
+def test_weight_decay_reaches_every_parameter_as_the_authors():
+    model = Model(tiny("ar_trm", budget=12))
+    opt = model.configure_optimizers(1e-3, weight_decay=0.01)
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.01 for p in g["params"]}
+    assert decayed == {id(p) for p in model.parameters()}  # biases, LayerNorm gains, y_init, z_init too
+
+
+def fire_at_once(model):
+    with torch.no_grad():
+        model.halt.bias.fill_(30.0)
+    return model
+
+
+def test_ar_trm_halting_at_the_first_step_still_trains_the_block():
+    model = fire_at_once(Model(tiny("ar_trm", budget=12, halt_explore=0.0))).train()
+    _, loss = model(*tasks.get_batch("copy", 4, 8, torch.Generator().manual_seed(0)))
+    loss.backward()
+    assert (model.last_steps == 1).all()  # the whole batch halted after step 1 of 2
+    grads = [p.grad for p in (*model.blocks[0].parameters(), model.wte.weight, model.step_emb.weight)]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_halt_exploration_holds_each_sequence_to_its_drawn_minimum():
+    model = fire_at_once(Model(tiny("ar_trm", budget=24)))  # N = 4 steps; the head wants to stop at once
+    idx = torch.randint(0, 14, (256, 6))
+    model.eval()
+    model(idx)
+    assert (model.last_steps == 1).all()  # no exploration outside training
+    model.train()
+    torch.manual_seed(5)
+    model(idx)
+    torch.manual_seed(5)  # the same draws, as HaltReadout makes them
+    explore = torch.rand(256) < 0.25
+    minimum = torch.where(explore, torch.randint(1, 5, (256,)), 1)
+    assert torch.equal(model.last_steps[:, 0], minimum.float())
+    assert 0.1 < (minimum > 1).float().mean() < 0.3  # about 0.25 * 3/4 of the sequences run longer
 
 
 def test_the_pass_meter_reports_executed_passes_and_early_exits():
@@ -403,16 +503,16 @@ def test_compare_writes_one_record_per_run_and_a_table_with_every_rung(tmp_path,
         assert f"\n{rung} " in table, rung
     md = (tmp_path / "results.md").read_text()
     assert md.count("| ar_trm |") == 2 and "## copy" in md
-    assert "Q1..Q4" in out and "run(s) left" in out
+    assert "Q1..Q4" in out and "| eta " in out
 
 
 def test_a_failing_run_in_the_middle_is_recorded_and_the_rest_go_on(tmp_path, monkeypatch):
     real = train.train_run
 
-    def flaky(args, task, rung, seed, device, label=""):
+    def flaky(args, task, rung, seed, device):
         if rung == "iter_step":
             raise FloatingPointError("loss is nan at iter 1")
-        return real(args, task, rung, seed, device, label)
+        return real(args, task, rung, seed, device)
 
     monkeypatch.setattr(train, "train_run", flaky)
     assert run_main(tmp_path, "--model", "iter,iter_step,ut", "--task", "copy", "--max_iters", "2") == 1
@@ -422,11 +522,11 @@ def test_a_failing_run_in_the_middle_is_recorded_and_the_rest_go_on(tmp_path, mo
 
 
 def test_mean_and_std_over_seeds():
-    m, s = train.mean_std([0.5, 0.7, 0.9])
+    m, s = grid.mean_std([0.5, 0.7, 0.9])
     assert m == pytest.approx(0.7) and s == pytest.approx(0.2)  # sample std (n-1)
-    assert train.mean_std([0.25]) == (0.25, 0.0)
-    assert train.pm([1.0, 0.0]) == "0.500±0.707"
-    assert train.quarters([1, 1, 0.5, 0.5, 0, 0, 0, 1]) == [1, 0.5, 0, 0.5]
+    assert grid.mean_std([0.25]) == (0.25, 0.0)
+    assert grid.pm([1.0, 0.0]) == "0.500±0.707"
+    assert grid.quarters([1, 1, 0.5, 0.5, 0, 0, 0, 1]) == [1, 0.5, 0, 0.5]
 
 
 def test_nan_stops_the_run_naming_the_iteration_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
@@ -513,7 +613,7 @@ def test_a_mismatching_checkpoint_is_refused_naming_the_fields(tmp_path, capsys)
     assert run_main(tmp_path, "--model", "dense", "--task", "copy", "--max_iters", "4", "--resume",
                     "--budget", "12", "--n_embd", "32") == 2
     err = capsys.readouterr().err
-    assert "budget: checkpoint 6 vs asked 12" in err and "n_embd" in err and "dropout" not in err
+    assert "budget 6 there, 12 asked" in err and "n_embd" in err and "dropout" not in err
 
 
 def test_atomic_checkpoint_write_keeps_the_old_one_when_the_writer_dies(tmp_path, monkeypatch):
@@ -521,14 +621,14 @@ def test_atomic_checkpoint_write_keeps_the_old_one_when_the_writer_dies(tmp_path
     train.save_checkpoint(path, {"iter": 1})
 
     def dies_mid_save(obj, f):
-        with open(f, "wb") as fh:
-            fh.write(b"PK\x03\x04 half a zip")
+        f.write(b"PK\x03\x04 half a zip")
         raise OSError("killed mid-save")
 
     monkeypatch.setattr(torch, "save", dies_mid_save)
     with pytest.raises(OSError):
         train.save_checkpoint(path, {"iter": 2})
-    assert train.load_checkpoint(path)["iter"] == 1
+    assert torch.load(path, weights_only=True)["iter"] == 1
+    assert os.listdir(tmp_path) == ["ckpt.pt"]  # and the half-written temporary file is gone
 
 
 def test_bad_input_gets_one_line_and_a_nonzero_exit(tmp_path, capsys):
@@ -572,7 +672,7 @@ def test_bad_input_gets_one_line_and_a_nonzero_exit(tmp_path, capsys):
 
 
 def test_bench_prints_its_ratios_and_writes_them(tmp_path, capsys):
-    assert run_main(tmp_path, "--bench", "--profile", "--model", "nested_ut", "--task", "copy") == 0
+    assert bench.main(TINY + ["--out_dir", str(tmp_path), "--profile", "--model", "nested_ut", "--task", "copy"]) == 0
     out = capsys.readouterr().out
     assert "fraction" in out and "speedup" in out and "hardware:" in out
     assert "aten::mm" in out and "Self CPU" in out  # --profile: the kernels of one training step
@@ -630,3 +730,86 @@ def test_presets_resolve_and_explicit_flags_override_them():
     mine = train.parse_args(["--preset", "paper", "--max_iters", "10", "--temperature", "1"])
     assert mine.max_iters == 10 and mine.temperature == 1.0 and mine.n_embd == 384
     assert train.parse_args([]).n_embd == train.DEFAULTS["n_embd"]
+
+# -----------------------------------------------------------------------------
+# The grid: jobs, shards, records that concurrent writers cannot lose, --report
+
+
+def records_of(out_dir):
+    return {p.parent.name: json.loads(p.read_text()) for p in out_dir.glob("*/record.json")}
+
+
+def same_records(a, b):
+    """Records equal but for what depends on the machine's moment (wall time)."""
+    drop = lambda r: {k: v for k, v in r.items() if k not in ("wall_s",)}
+    return {k: drop(v) for k, v in a.items()} == {k: drop(v) for k, v in b.items()}
+
+
+def test_shards_partition_the_run_list_exactly():
+    args = train.parse_args(["--model", "all", "--task", "all", "--seeds", "3"])
+    runs = grid.plan(args)
+    assert len(runs) == 63 and len(set(runs)) == 63
+    for n in (1, 2, 5, 8, 63, 100):
+        parts = [grid.shard(runs, k, n) for k in range(n)]
+        assert sorted(r for p in parts for r in p) == sorted(runs)  # every run in exactly one shard
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert train.parse_args(["--shard", "3/8"]).shard_k == 3
+    for bad in ("8/8", "-1/2", "1", "a/b", "1/0"):
+        with pytest.raises(train.UserError, match="--shard takes K/N"):
+            train.parse_args([f"--shard={bad}"])
+
+
+def test_concurrent_processes_into_one_out_dir_lose_no_record(tmp_path):
+    runs = [("copy", "dense"), ("copy", "iter"), ("reverse", "dense"), ("reverse", "iter")]
+    for seed in (1, 2):  # two rounds: the second one writes beside the first one's records
+        procs = [subprocess.Popen([sys.executable, "train.py", *TINY, "--max_iters", "2", "--eval_lengths", "3",
+                                   "--model", model, "--task", task, "--seed", str(seed), "--out_dir", str(tmp_path)],
+                                  cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for task, model in runs]
+        errs = [p.communicate(timeout=120)[1] for p in procs]
+        assert all(p.returncode == 0 for p in procs), errs
+    recs = records_of(tmp_path)
+    assert sorted(recs) == sorted(f"{t}_{m}_s{s}" for t, m in runs for s in (1, 2))
+    for path in tmp_path.rglob("*"):  # every file whole: no temporary left, every JSON readable
+        assert not path.name.endswith(".tmp"), path
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+    assert len(results(tmp_path)) <= 8  # a view: each writer saw the records there when it wrote
+    assert train.main(["--report", "--out_dir", str(tmp_path)]) == 0
+    assert len(results(tmp_path)) == 8  # --report rebuilds it from every record
+
+
+def test_jobs_2_gives_the_records_of_jobs_1(tmp_path, capsys):
+    flags = ["--model", "iter,ut", "--task", "copy", "--max_iters", "4", "--threads", "1"]
+    assert run_main(tmp_path / "one", *flags) == 0
+    capsys.readouterr()
+    assert run_main(tmp_path / "two", *flags, "--jobs", "2") == 0
+    out = capsys.readouterr().out
+    assert out.count("start copy_") == 2 and "eta" in out and "char_acc" in out  # a line per start and finish
+    one, two = records_of(tmp_path / "one"), records_of(tmp_path / "two")
+    assert sorted(one) == ["copy_iter_s1337", "copy_ut_s1337"] and same_records(one, two)
+    log = (tmp_path / "two" / "copy_ut_s1337" / "train.log").read_text()
+    assert "iter 00004/00004" in log and "eval iter 4" in log  # each run's full log in its directory
+
+
+def test_report_over_two_shards_is_the_table_of_one_go_and_names_what_is_missing(tmp_path, capsys):
+    flags = ["--model", "dense,ut", "--task", "copy,reverse", "--max_iters", "3"]
+    assert run_main(tmp_path / "once", *flags) == 0
+    for k in (0, 1):
+        assert run_main(tmp_path / "shards", *flags, "--shard", f"{k}/2") == 0
+    assert same_records(records_of(tmp_path / "once"), records_of(tmp_path / "shards"))
+    capsys.readouterr()
+    assert train.main(["--report", "--out_dir", str(tmp_path / "shards")]) == 0
+    shards = capsys.readouterr().out
+    assert train.main(["--report", "--out_dir", str(tmp_path / "once")]) == 0
+    once = capsys.readouterr().out
+    cols = lambda line: re.split(r"\s{2,}", line.strip())
+    no_wall = lambda text: [c[:6] + c[7:] for c in map(cols, text.splitlines()) if len(c) == 12]  # c[6]: wall s
+    assert no_wall(shards) == no_wall(once) and len(no_wall(once)) == 2 + 4  # two headers, four rows
+    assert (tmp_path / "shards" / "results.md").read_text().count("| ut ") == 2
+    # a grid given to --report: its missing run is named with the command that runs it
+    assert train.main(TINY + ["--report", "--out_dir", str(tmp_path / "shards"), *flags, "--seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "4 of 8 run(s) of this grid are missing" in out
+    cmd = next(line for line in out.splitlines() if "missing:" in line and "--model ut --task reverse --seed 1338" in line)
+    assert "--report" not in cmd and "--max_iters 3" in cmd and "--n_embd 16" in cmd

@@ -1,11 +1,13 @@
 """
-Train and evaluate rungs of the ladder, and compare them at a matched budget.
+Train one rung of the ladder on one task: settings, data, model, loop, evaluation,
+checkpoint, read top to bottom. Several models, tasks or seeds make a comparison,
+which grid.py runs (in --jobs processes, or one --shard of it per machine).
 
     python train.py --model ar_trm --task reverse          # one run (laptop preset)
-    python train.py --model all --task all --seeds 3       # the compute-matched comparison
-    python train.py --model all --task addition --preset paper
+    python train.py --model all --task all --seeds 3 --jobs 2   # the compute-matched comparison
+    python train.py --report --out_dir out                 # tables (and --plot figures) from out's records
     python train.py --eval_only --model dense --task reverse --eval_lengths 6,8
-    python train.py --bench --model dense --preset paper   # speed figures for this machine
+    python bench.py --model dense --preset paper           # speed figures for this machine
 
 Every run prints and stores its parameters, block passes per token (the budget and
 what was actually executed), the passes that carry gradient, and training FLOPs.
@@ -17,8 +19,9 @@ import math
 import os
 import platform
 import signal
-import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, fields
 
@@ -28,6 +31,9 @@ import artrm
 import tasks
 from artrm import Config, Model, RUNGS
 from tasks import TASKS
+
+if __name__ == "__main__":  # grid.py and bench.py import this file as `train`: one module, not two
+    sys.modules["train"] = sys.modules[__name__]
 
 # -----------------------------------------------------------------------------
 # Defaults. The laptop preset is the default; --preset paper is the paper's setting.
@@ -39,12 +45,13 @@ DEFAULTS = dict(
     seeds=1,               # run seeds seed .. seed+seeds-1
     budget=12,             # block passes per token per forward (must suit every rung asked for)
     n_embd=64,             # width d
-    n_head=4,
-    dropout=0.0,           # on attention and MLP outputs
+    n_head=4,              # attention heads (n_embd must be a multiple of it)
+    dropout=0.0,           # on the attention probabilities and the attention and MLP outputs
     block_size=64,         # longest input the learned positions cover
     n_outer=2,             # H, nested rungs
     n_inner=2,             # L, nested rungs
     ponder_weight=0.0,     # ACT ponder cost weight (the paper: 0)
+    halt_explore=0.25,     # ar_trm in training: chance a sequence must run a drawn minimum of steps (the paper's)
     full_grad=False,       # extension: nested rungs backprop through every pass
     deep_supervision=False,  # extension: loss on y after every step (TRM)
     halt_loss=False,       # extension: train ar_trm's halting head (TRM)
@@ -64,14 +71,16 @@ DEFAULTS = dict(
     temperature=0.0,       # evaluation decoding: 0 greedy, 1 samples as the paper's code
     device="auto",         # auto | cpu | cuda | mps (auto: cuda, then mps, then cpu)
     compile=False,         # torch.compile the model (CUDA only; off by default)
-    out_dir="out",         # results.json, results.md and one directory per run
+    out_dir="out",         # one directory per run (record.json, train.log, ckpt.pt); results.json/.md views
     ckpt_interval=0,       # also checkpoint every this many iters (0: only at the end)
-    resume=False,          # continue runs from their checkpoints; in compare mode skip finished runs
+    resume=False,          # continue interrupted runs from their checkpoints (finished runs are always skipped)
+    jobs=1,                # worker processes for a comparison's runs (GPU k mod count each, CPU threads shared)
+    threads=0,             # CPU threads per process (0: this machine's threads / jobs)
+    shard="",              # K/N: run only the K-th of N disjoint slices of the run list (job arrays)
+    report=False,          # rebuild the tables, results.json/.md (and --plot figures) from out_dir's records
     eval_only=False,       # evaluate saved checkpoints, no training
-    ckpt="",               # with --eval_only: a checkpoint file to evaluate (default: the run's own)
-    plot=False,            # write PNG plots (needs matplotlib)
-    bench=False,           # time training and evaluation instead of training a run
-    profile=False,         # with --bench: print torch.profiler's table of one training step
+    ckpt="",               # with --eval_only: a checkpoint file to evaluate, instead of each run's own
+    plot=False,            # write PNG figures (needs matplotlib)
 )
 PRESETS = {
     "laptop": {},  # the DEFAULTS above: whole ladder x 3 tasks in minutes on 2 CPU cores
@@ -90,9 +99,14 @@ class UserError(Exception):
     """Bad input: reported as one line, never a traceback."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, as every other bad input (argparse would add its usage)
+        raise UserError(f"{message} (python train.py -h lists every flag)")
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="laptop", help="named settings (default: laptop)")
     for k, v in DEFAULTS.items():
         paper = f"; paper: {PRESETS['paper'][k]}" if k in PRESETS["paper"] else ""
@@ -104,9 +118,22 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     given = {k: v for k, v in vars(a).items() if v is not None and k != "preset"}
     args = argparse.Namespace(**{**DEFAULTS, **PRESETS[a.preset], **given, "preset": a.preset})
+    args.given = sorted(given)  # the flags set on the command line (a --report grid is one that names runs)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     args.models = expand(args.model, RUNGS, "model")
     args.tasks = expand(args.task, TASKS, "task")
-    args.eval_lengths = [int(s) for s in str(args.eval_lengths).split(",") if s.strip()] if args.eval_lengths else []
+    try:
+        args.eval_lengths = [int(s) for s in str(args.eval_lengths).split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--eval_lengths takes a comma list of whole numbers, got {args.eval_lengths!r}") from None
+    if not args.eval_lengths:
+        raise UserError("--eval_lengths names no length")
+    try:
+        k, n = (int(v) for v in args.shard.split("/")) if args.shard else (0, 1)
+        assert 0 <= k < n
+    except (ValueError, AssertionError):
+        raise UserError(f"--shard takes K/N with 0 <= K < N (e.g. 0/8), got {args.shard!r}") from None
+    args.shard_k, args.shard_n = k, n
     return args
 
 
@@ -115,6 +142,8 @@ EXTENSIONS = ("full_grad", "deep_supervision", "halt_loss")  # a model name may 
 
 def expand(value, choices, what):
     names = list(choices) if value == "all" else [s.strip() for s in value.split(",") if s.strip()]
+    if not names:
+        raise UserError(f"--{what} names no {what}; choose from {', '.join(choices)} or all")
     for n in names:
         base, *ext = n.split("+")
         if base not in choices or (ext and what != "model") or any(e not in EXTENSIONS for e in ext):
@@ -138,9 +167,13 @@ def model_config(args, name):
 
 def validate(args):
     """Check everything before any run starts, so bad input never costs a finished run."""
-    for name in ("n_digits", "max_iters", "batch_size", "eval_examples", "seeds", "eval_interval", "log_interval"):
+    for name in ("n_digits", "max_iters", "batch_size", "eval_examples", "seeds", "eval_interval", "log_interval",
+                 "jobs", "lr"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name} must be positive, got {getattr(args, name)}")
+    for name in ("warmup_iters", "weight_decay", "grad_clip", "temperature", "threads", "ckpt_interval"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name} must be zero or positive, got {getattr(args, name)}")
     if any(n <= 0 for n in args.eval_lengths):
         raise UserError(f"--eval_lengths must be positive, got {args.eval_lengths}")
     if args.flops_match:
@@ -152,10 +185,21 @@ def validate(args):
             raise UserError(f"{m}: {e}") from None
     for task in args.tasks:
         check_fits(task, [args.n_digits] + args.eval_lengths, args.block_size, "--block_size")
-    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
-        raise UserError(f"--out_dir {args.out_dir} is a file, not a directory")
+    check_writable(args.out_dir)
     if args.compile and get_device(args.device) != "cuda":  # --device auto picks CUDA where there is one
         raise UserError("--compile is offered on CUDA only")
+
+
+def check_writable(out_dir):
+    if not out_dir.strip():
+        raise UserError("--out_dir is empty")
+    existing = os.path.abspath(out_dir)
+    while not os.path.exists(existing):  # the nearest part of the path that exists must be a writable directory
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"--out_dir {out_dir}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out_dir {out_dir}: {existing} is not writable")
 
 
 def check_fits(task, lengths, block_size, whose):
@@ -239,37 +283,66 @@ def evaluate(model, task, lengths, n_examples, device, temperature=0.0, show=0):
                            "seq_acc": right.all(1).float().mean().item(),
                            "pos_acc": [round(v, 4) for v in right.float().mean(0).tolist()]}
         for i in torch.nonzero(~right.all(1)).flatten()[:show].tolist():
-            said = tasks.decode(out[i, :P + A]).replace("\n", "\\n")
-            print(f"  L={n}: model says {said} but it is {tasks.decode(ex[i, P:P + A])}")
+            said, truth = (tasks.decode(t).replace("\n", "⏎") for t in (out[i, P:P + A], ex[i, P:P + A]))
+            print(f"  L={n}: {tasks.decode(ex[i, :P])}  model {said}  right {truth}")
     model.train(was_training)
     return results
 
 # -----------------------------------------------------------------------------
-# Checkpoints: written to a temporary file, then renamed, so a kill at any instant
-# leaves the old checkpoint or the new one, never a torn one.
+# Checkpoints (and records, and results views) are written with atomic_write, so a kill
+# at any instant leaves the old file or the new one, never a torn one.
 
 def save_checkpoint(path, state):
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+CKPT_KEYS = {"model", "optimizer", "config", "iter", "data_rng", "torch_rng", "history", "wall_s", "passes"}
 
 
 def load_checkpoint(path):
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, bad pickle, foreign file: all one message
-        raise UserError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+    try:  # weights_only: a checkpoint is data, never code to run
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, foreign file: one message, without torch's advice
+        raise UserError(f"checkpoint {path} is corrupt or truncated: torch cannot read it as plain "
+                        f"tensors and numbers ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or not CKPT_KEYS <= ckpt.keys() or not isinstance(ckpt["config"], dict):
+        raise UserError(f"{path} is a torch file but not an artrm checkpoint (it lacks the model's config)")
+    return ckpt
 
 
-def check_matches(ckpt, config, path):
-    mismatch = [f"{k}: checkpoint {ckpt['config'].get(k)!r} vs asked {v!r}"
-                for k, v in asdict(config).items() if ckpt["config"].get(k) != v]
-    if mismatch:
-        raise UserError(f"checkpoint {path} does not match the requested config ({'; '.join(mismatch)}); "
-                        f"use another --out_dir, or --eval_only to evaluate it as it is")
+# May change when a run resumes: they do not change the weights trained so far. A record
+# whose run resumed with another value of one of them says so under "resumed".
+RESUMABLE = ("max_iters", "eval_lengths", "eval_examples", "eval_interval", "log_interval", "temperature")
+
+
+def setting_changes(old, new):
+    """{setting: [old, new]} for the settings new gives another value than old. A setting
+    missing from an older record had its default then (new knobs default to old behaviour)."""
+    return {k: [old.get(k, DEFAULTS.get(k)), v] for k, v in new.items() if old.get(k, DEFAULTS.get(k)) != v}
+
+
+def check_same_run(changes, where, resume_hint):
+    """Refuse, before any work, to resume or re-run a run with settings that change what it trains."""
+    defining = {k: v for k, v in changes.items() if k not in RESUMABLE}
+    if defining:
+        said = "; ".join(f"{k} {a!r} there, {b!r} asked" for k, (a, b) in defining.items())
+        raise UserError(f"{where} was trained with other settings ({said}); use another --out_dir for a new run")
+    if changes and resume_hint:
+        raise UserError(f"{where} differs in {', '.join(changes)}; add --resume to continue it with the new "
+                        f"value(s), or use another --out_dir")
+
+
+def resume_point(args, task, name, seed):
+    """The checkpoint a run resumes from (None: it starts afresh), checked against the asked settings."""
+    path = os.path.join(args.out_dir, run_name(task, name, seed), "ckpt.pt")
+    if not (args.resume and os.path.exists(path)):
+        return None
+    ckpt = load_checkpoint(path)
+    config = {**asdict(model_config(args, name)), **run_config(args)}
+    check_same_run(setting_changes({**ckpt["config"], **ckpt.get("settings", {})}, config), path, False)
+    return ckpt
 
 # -----------------------------------------------------------------------------
 # One run: train one rung on one task with one seed.
@@ -299,16 +372,13 @@ def run_args(args, task, name):
     return argparse.Namespace(**{**vars(args), "max_iters": round(args.max_iters * ref / own)})
 
 
-def train_run(args, task, name, seed, device, label=""):
+def train_run(args, task, name, seed, device):
     """Train (or resume) one run of model `name` and return its results record."""
     config = model_config(args, name)
     T = tasks.seq_len(task, args.n_digits)
     run_dir = os.path.join(args.out_dir, run_name(task, name, seed))
     ckpt_path = os.path.join(run_dir, "ckpt.pt")
-    ckpt = None
-    if args.resume and os.path.exists(ckpt_path):
-        ckpt = load_checkpoint(ckpt_path)
-        check_matches(ckpt, config, ckpt_path)
+    ckpt = resume_point(args, task, name, seed)
     os.makedirs(run_dir, exist_ok=True)
 
     torch.manual_seed(seed)  # model init and dropout
@@ -316,7 +386,7 @@ def train_run(args, task, name, seed, device, label=""):
     optimizer = model.configure_optimizers(args.lr, args.weight_decay)
     data_gen = torch.Generator(device=device).manual_seed(seed)  # the data stream, apart from init
     stats = model.compute_stats(T)
-    it, history, wall = 0, [], 0.0
+    it, history, wall, resumed = 0, [], 0.0, []
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -324,20 +394,23 @@ def train_run(args, task, name, seed, device, label=""):
         torch.set_rng_state(ckpt["torch_rng"])
         if device == "cuda" and "cuda_rng" in ckpt:
             torch.cuda.set_rng_state(ckpt["cuda_rng"])
-        it, history, wall = ckpt["iter"], ckpt["history"], ckpt["wall_s"]
-        print(f"{label}resuming {run_dir} from iter {it}")
+        it, history, wall, resumed = ckpt["iter"], ckpt["history"], ckpt["wall_s"], ckpt.get("resumed", [])
+        changed = setting_changes(ckpt.get("settings", {}), run_config(args)) if "settings" in ckpt else {}
+        if changed:  # only RESUMABLE ones get here: say in the record what happened
+            resumed = resumed + [{"iter": it, "changed": changed}]
+        print(f"resuming {run_dir} from iter {it}" + (f" with new {', '.join(changed)}" if changed else ""))
     meter = PassMeter(model, ckpt["passes"] if ckpt is not None else None)  # executed passes, train and eval
     fwd = torch.compile(model) if args.compile else model  # the uncompiled model is what we save
 
-    print(f"{label}{run_name(task, name, seed)}: {describe(config, stats, T)}, {args.max_iters} iters")
+    print(f"{run_name(task, name, seed)}: {describe(config, stats, T)}, {args.max_iters} iters")
 
     def checkpoint():
         save_checkpoint(ckpt_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": asdict(config),
             "iter": it, "data_rng": data_gen.get_state(), "torch_rng": torch.get_rng_state(),
             **({"cuda_rng": torch.cuda.get_rng_state()} if device == "cuda" else {}),
-            "history": history, "wall_s": wall, "passes": meter.state,
-            "task": task, "seed": seed, "n_digits": args.n_digits})
+            "history": history, "wall_s": wall, "passes": meter.state, "settings": run_config(args),
+            "resumed": resumed, "task": task, "seed": seed, "n_digits": args.n_digits})
 
     # Ctrl-C is taken between iterations, so the checkpoint it writes resumes exactly;
     # a second Ctrl-C interrupts at once.
@@ -374,7 +447,7 @@ def train_run(args, task, name, seed, device, label=""):
                 mask = targets != artrm.IGNORE_INDEX
                 tok_acc = (logits.argmax(-1)[mask] == targets[mask]).float().mean().item()
                 eta = wall / it * (args.max_iters - it) if it else 0.0
-                print(f"{label}iter {it:05d}/{args.max_iters:05d} ({100 * it / args.max_iters:5.1f}%) | "
+                print(f"iter {it:05d}/{args.max_iters:05d} ({100 * it / args.max_iters:5.1f}%) | "
                       f"loss {lossf:.4f} | tok_acc {tok_acc:.3f} | passes "
                       f"{meter.mean_steps('train') * config.passes_per_step:.1f}/{config.budget} | "
                       f"{tokens_log / dt:,.0f} tok/s | eta {fmt_time(eta)}")
@@ -386,7 +459,7 @@ def train_run(args, task, name, seed, device, label=""):
                 r = ev[str(args.n_digits)]
                 history.append({"iter": it, "loss": lossf, "char_acc": r["char_acc"], "seq_acc": r["seq_acc"],
                                 "last_acc": r["pos_acc"][-1]})
-                print(f"{label}eval iter {it}: L={args.n_digits} char_acc {r['char_acc']:.3f} "
+                print(f"eval iter {it}: L={args.n_digits} char_acc {r['char_acc']:.3f} "
                       f"seq_acc {r['seq_acc']:.3f}")
                 t_log += time.time() - t_eval  # evaluation stays out of the training clock
             if args.ckpt_interval and it % args.ckpt_interval == 0 and it < args.max_iters:
@@ -399,11 +472,15 @@ def train_run(args, task, name, seed, device, label=""):
         if stop[-1] != "twice":  # the state is between two iterations: safe to save
             checkpoint()
         raise Interrupted(f"interrupted at iter {it}; last checkpoint in {ckpt_path}. Resume with: "
-                          f"python {' '.join(sys.argv)} --resume")
+                          f"{resume_command(args)}")
     checkpoint()
 
     meter.reset("eval")  # executed passes of the final evaluation only
-    final = evaluate(model, task, args.eval_lengths, args.eval_examples, device, args.temperature, show=3)
+    try:
+        final = evaluate(model, task, args.eval_lengths, args.eval_examples, device, args.temperature, show=3)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted in the final evaluation; the checkpoint at iter {it} is in {ckpt_path}. "
+                          f"Resume with: {resume_command(args)}") from None
     exec_train = meter.mean_steps("train")
     return {
         "model": config.model, "name": name, "task": task, "seed": seed, "budget": config.budget,
@@ -416,13 +493,18 @@ def train_run(args, task, name, seed, device, label=""):
         "executed_train_flops_per_token": model.compute_stats(T, steps=exec_train)["train_flops_per_token"],
         "train_tokens": it * args.batch_size * T,
         "wall_s": wall, "final_loss": loss.item() if loss is not None else history[-1]["loss"],
-        "eval": final, "history": history, "status": "ok",
-        "config": run_config(args), "device": device, "torch": torch.__version__,
+        "eval": final, "history": history, "status": "ok", "resumed": resumed,
+        "config": run_config(args), "device": device, "hardware": hardware(device),
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "code": code_version(),
     }
 
 
 class Interrupted(Exception):
     pass
+
+
+def resume_command(args):
+    return "python train.py " + " ".join(args.argv + ([] if "--resume" in args.argv else ["--resume"]))
 
 
 def describe(config, stats, T):
@@ -433,183 +515,15 @@ def describe(config, stats, T):
 
 def run_config(args):
     """The settings that define a run (not where it is written or how it is driven)."""
-    skip = {"model", "task", "seed", "seeds", "out_dir", "resume", "eval_only", "ckpt", "plot", "bench", "profile",
-            "device", "compile", "ckpt_interval", "models", "tasks", "flops_match"}
+    skip = {"model", "task", "seed", "seeds", "out_dir", "resume", "eval_only", "ckpt", "plot", "device", "compile",
+            "ckpt_interval", "models", "tasks", "flops_match", "jobs", "threads", "shard", "shard_k", "shard_n",
+            "report", "given", "argv"}
     return {k: v for k, v in vars(args).items() if k not in skip}
 
 
 def fmt_time(s):
     s = int(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-# -----------------------------------------------------------------------------
-# Results: results.json is a list of run records, appended as each run finishes.
-
-def read_results(path):
-    if not os.path.exists(path):
-        return []
-    try:
-        with open(path) as f:
-            records = json.load(f)
-        assert isinstance(records, list)
-        return records
-    except (ValueError, AssertionError):
-        raise UserError(f"{path} is not a JSON list of run records; move it away (it is left as it is)") from None
-
-
-def append_result(path, record):
-    records = read_results(path) + [record]
-    with open(path + ".tmp", "w") as f:
-        json.dump(records, f, indent=1)
-    os.replace(path + ".tmp", path)
-
-
-def name_of(record):
-    return record.get("name", record["model"])
-
-
-def ok_runs(records, name):
-    return [r for r in records if name_of(r) == name and r.get("status") == "ok"]
-
-
-def same_config(old, new):
-    """Same run settings. A knob missing from an older record had its default then (new
-    knobs default to the old behaviour); knobs that no longer define a run are ignored."""
-    return all(old.get(k, DEFAULTS.get(k)) == v for k, v in new.items())
-
-
-def find_finished(records, task, name, seed, config):
-    for r in ok_runs(records, name):
-        if (r["task"], r["seed"]) == (task, seed) and same_config(r.get("config", {}), config):
-            return r
-    return None
-
-
-def mean_std(values):
-    values = list(values)
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def pm(values, digits=3):
-    m, s = mean_std(values)
-    return f"{m:.{digits}f}±{s:.{digits}f}"
-
-
-def quarters(pos_acc):
-    """Accuracy by output quarter, Q1 = earliest digits."""
-    n = len(pos_acc)
-    return [statistics.mean(pos_acc[q * n // 4: max((q + 1) * n // 4, q * n // 4 + 1)]) for q in range(4)]
-
-
-def table_rows(records, lengths):
-    """One row per model (ladder order), each value mean±std over its seeds."""
-    header = ["model", "seeds", "params", "passes train/eval (budget)", "grad", "train MFLOP/tok exec (ceiling)",
-              "wall s", "loss"] + [f"{k} L={n}" for n in lengths for k in ("char", "seq")]
-    rows = []
-    for name in ladder_order(name_of(r) for r in records):
-        rs = ok_runs(records, name)
-        if not rs:
-            rows.append([name, "failed"] + [""] * (len(header) - 2))
-            continue
-        row = [name, str(len(rs)), f"{rs[0]['params']:,}",
-               f"{statistics.mean(r['executed_block_passes_train'] for r in rs):.1f}/"
-               f"{statistics.mean(r['executed_block_passes_eval'] for r in rs):.1f} ({rs[0]['block_passes']})",
-               str(rs[0]["grad_block_passes"]),
-               f"{statistics.mean(r['executed_train_flops_per_token'] for r in rs) / 1e6:.2f} "
-               f"({rs[0]['train_flops_per_token'] / 1e6:.2f})",
-               f"{statistics.mean(r['wall_s'] for r in rs):.0f}", pm((r["final_loss"] for r in rs), 3)]
-        for n in lengths:
-            row += [pm(r["eval"][str(n)]["char_acc"] for r in rs), pm(r["eval"][str(n)]["seq_acc"] for r in rs)]
-        rows.append(row)
-    return header, rows
-
-
-def format_table(header, rows, markdown=False):
-    if markdown:
-        return "\n".join("| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header)] + rows)
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header] + rows)
-
-
-def position_chart(records, n_digits):
-    bars = " ▁▂▃▄▅▆▇█"
-    lines = []
-    for name in ladder_order(name_of(r) for r in records):
-        acc = mean_pos_acc(ok_runs(records, name), n_digits)
-        if acc:
-            q = " ".join(f"{v:.2f}" for v in quarters(acc))
-            lines.append(f"{name:<24} |{''.join(bars[round(a * 8)] for a in acc)}|  Q1..Q4 {q}")
-    return "\n".join(lines)
-
-
-def mean_pos_acc(runs, n_digits):
-    """Accuracy by output position at one length, averaged over runs ([] if none)."""
-    accs = [r["eval"][str(n_digits)]["pos_acc"] for r in runs if str(n_digits) in r["eval"]]
-    return [statistics.mean(v) for v in zip(*accs)]
-
-
-def report(records, args, device):
-    md = [f"# Results ({args.preset} preset, budget {args.budget}, train L={args.n_digits}, "
-          f"{args.max_iters} iters, seeds {args.seed}..{args.seed + args.seeds - 1})", "",
-          f"torch {torch.__version__}, {hardware(device)}; wall s is training time, evaluation excluded", ""]
-    for task in args.tasks:
-        rs = [r for r in records if r["task"] == task]
-        header, rows = table_rows(rs, args.eval_lengths)
-        chart = position_chart(rs, args.n_digits)
-        print(f"\n== {task}: mean±std over seeds; passes are per token per forward\n")
-        print(format_table(header, rows))
-        print(f"\naccuracy by output position at L={args.n_digits} (first digit left; ' '=0, █=1)\n{chart}")
-        md += [f"## {task}", "", format_table(header, rows, markdown=True), "",
-               f"Accuracy by output position at L={args.n_digits}:", "", "```", chart, "```", ""]
-    with open(os.path.join(args.out_dir, "results.md"), "w") as f:
-        f.write("\n".join(md))
-
-# -----------------------------------------------------------------------------
-# Drivers: compare (one run is a comparison of one), eval-only, plots.
-
-def compare(args, device):
-    os.makedirs(args.out_dir, exist_ok=True)
-    results_path = os.path.join(args.out_dir, "results.json")
-    previous = read_results(results_path)  # refuse a damaged file before any work
-    runs = [(t, m, s) for t in args.tasks for m in args.models for s in range(args.seed, args.seed + args.seeds)]
-    print(f"device {device}, torch {torch.__version__}, preset {args.preset}: {len(runs)} run(s)")
-    print("config: " + json.dumps(run_config(args)))
-    records, t0, trained = [], time.time(), 0
-    for i, (task, name, seed) in enumerate(runs):
-        label = f"[{i + 1}/{len(runs)}] " if len(runs) > 1 else ""
-        this = run_args(args, task, name)
-        done = find_finished(previous, task, name, seed, run_config(this)) if args.resume else None
-        if done is not None:
-            print(f"{label}{run_name(task, name, seed)} is finished in {results_path}; skipped")
-            records.append(done)
-            continue
-        ckpt_path = os.path.join(args.out_dir, run_name(task, name, seed), "ckpt.pt")
-        if args.resume and len(runs) == 1 and not os.path.exists(ckpt_path):  # a comparison starts missing runs
-            raise UserError(f"--resume: no checkpoint at {ckpt_path}")
-        if trained:
-            eta = (time.time() - t0) / trained * (len(runs) - i)
-            print(f"{label}comparison eta {fmt_time(eta)} for the {len(runs) - i} run(s) left")
-        try:
-            record = train_run(this, task, name, seed, device, label)
-        except (UserError, Interrupted):
-            raise
-        except Exception as e:  # a diverged (or broken) run is recorded, the comparison goes on
-            if not isinstance(e, FloatingPointError):
-                import traceback
-                traceback.print_exc()
-            print(f"{label}run {run_name(task, name, seed)} failed: {e}", file=sys.stderr)
-            record = {"model": name.split("+")[0], "name": name, "task": task, "seed": seed, "status": "failed",
-                      "error": f"{type(e).__name__}: {e}", "config": run_config(this)}
-        trained += 1
-        append_result(results_path, record)
-        records.append(record)
-    report(records, args, device)
-    if args.plot:
-        plot(records, args)
-    print(f"\nwrote {results_path} and {os.path.join(args.out_dir, 'results.md')} "
-          f"({fmt_time(time.time() - t0)} in all)")
-    return 1 if any(r["status"] != "ok" for r in records) else 0
-
 
 def eval_only(args, device):
     for task in args.tasks:
@@ -632,41 +546,39 @@ def eval_only(args, device):
     return 0
 
 
-def plot(records, args):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("--plot needs matplotlib, which is not installed: pip install matplotlib", file=sys.stderr)
-        return
-    for task in args.tasks:
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-        for name in ladder_order(name_of(r) for r in records):
-            rs = [r for r in ok_runs(records, name) if r["task"] == task]
-            if not rs:
-                continue
-            acc = mean_pos_acc(rs, args.n_digits)
-            ax1.plot(range(1, len(acc) + 1), acc, marker="o", label=name)
-            h = rs[0]["history"]
-            flops = [e["iter"] / rs[0]["iters"] * rs[0]["executed_train_flops_per_token"] * rs[0]["train_tokens"]
-                     for e in h]
-            ax2.plot(flops, [statistics.mean(r["history"][i]["char_acc"] for r in rs) for i in range(len(h))],
-                     label=name)
-        ax1.set(title=f"{task}: accuracy by output position (L={args.n_digits})", xlabel="output position",
-                ylabel="accuracy", ylim=(0, 1.02))
-        ax2.set(title=f"{task}: char_acc vs training FLOPs", xlabel="training FLOPs (executed)",
-                ylabel="char_acc", xscale="log", ylim=(0, 1.02))
-        ax1.legend(fontsize=8)
-        fig.tight_layout()
-        path = os.path.join(args.out_dir, f"{task}.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        print(f"wrote {path}")
-
-
 # -----------------------------------------------------------------------------
-# Benchmark: figures measured in one process, as ratios, never as a timed test.
+# Where a number was measured, and a file written whole or not at all.
+
+def atomic_write(path, write):
+    """Write a file whole or not at all: into a temporary file of its own (a unique name,
+    so that concurrent writers never share one), then renamed over the target."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_json(path, obj):
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+
+
+def code_version():
+    """The git commit of this code, '+dirty' if it has uncommitted changes ('unknown' outside git)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        git = lambda *a: subprocess.run(["git", *a], cwd=here, capture_output=True, text=True, timeout=10).stdout
+        commit = git("rev-parse", "--short", "HEAD").strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "*.py").strip()
+        return (commit + ("+dirty" if dirty else "")) or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
 
 def hardware(device):
     if device == "cuda":
@@ -679,128 +591,14 @@ def hardware(device):
     return f"{cpu} ({torch.get_num_threads()} threads)" + (" + Apple MPS" if device == "mps" else "")
 
 
-def timed(fn, device, repeats, warmup=2):
-    """Median seconds of fn() over repeats, after warm-up, with the device synchronized."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def bench(args, device, repeats=5):
-    task, name = args.tasks[0], args.models[0]
-    config = model_config(args, name)
-    torch.manual_seed(args.seed)
-    model = Model(config).to(device)
-    optimizer = model.configure_optimizers(args.lr, args.weight_decay)
-    g = torch.Generator(device=device).manual_seed(args.seed)
-    T, B, d = tasks.seq_len(task, args.n_digits), args.batch_size, config.n_embd
-    stats = model.compute_stats(T)
-    print(f"bench: {name} on {task} L={args.n_digits}, batch {B}, {describe(config, stats, T)}")
-    print(f"hardware: {hardware(device)}, torch {torch.__version__}, fp32")
-
-    steps = []  # executed steps per position: halting rungs do less than the budget
-
-    def train_step():
-        idx, targets = tasks.get_batch(task, args.n_digits, B, g, device)
-        _, loss = model(idx, targets)
-        steps.append(model.last_steps.mean())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    # The reference: a plain fp32 matmul of the MLP's shape, timed between the training
-    # steps, so that both see the same state of the machine (its speed drifts by 10-20%).
-    a = torch.randn(B * T, d, device=device)
-    w = torch.randn(d, 4 * d, device=device)
-    mm_flops = 2 * B * T * d * 4 * d
-    model.train()
-    step_times, mm_times = [], []
-    for _ in range(repeats):
-        step_times.append(timed(train_step, device, repeats=1, warmup=0 if step_times else 2))
-        mm_times.append(timed(lambda: a @ w, device, repeats=5, warmup=1))
-    step_s, mm_s = statistics.median(step_times), statistics.median(mm_times)
-    executed = float(torch.stack(steps).mean())  # over the warm-up and timed steps only
-    train_flops = model.compute_stats(T, steps=executed)["train_flops_per_token"] * B * T / step_s
-    if args.profile:  # where a step's time goes, kernel by kernel
-        with torch.profiler.profile() as prof:
-            train_step()
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
-
-    # Evaluation: greedy decoding of the same examples, batched and one at a time. Their
-    # forward FLOPs are counted in the warm-up run (the steps each forward's loop ran), so
-    # both paths can be set against the matmul speed: the batched path cannot beat it.
-    ex = eval_set(task, args.n_digits, args.eval_examples, device)
-    P, A = tasks.prompt_len(task, args.n_digits), tasks.answer_len(task, args.n_digits)
-    n_single = min(10, len(ex))
-    batched = lambda: model.generate(ex[:, :P], A)
-    single = lambda: [model.generate(ex[i:i + 1, :P], A) for i in range(n_single)]
-
-    def decode_flops(decode):
-        spent = []
-        def count(m, inputs, output):
-            n, t = inputs[0].shape
-            ran = float(m.last_steps.max())
-            spent.append(n * t * m.compute_stats(t, steps=ran)["forward_flops_per_token"])
-        handle = model.register_forward_hook(count)
-        decode()
-        handle.remove()
-        return sum(spent)
-
-    model.eval()
-    batched_flops, single_flops = decode_flops(batched), decode_flops(single)  # also the warm-up
-    batched_s = timed(batched, device, repeats=3, warmup=0)
-    single_s = timed(single, device, repeats=3, warmup=0)
-    out = {
-        "train_step_s": step_s, "train_tokens_per_s": B * T / step_s, "train_flops_per_s": train_flops,
-        "executed_block_passes": executed * config.passes_per_step,
-        "matmul_flops_per_s": mm_flops / mm_s,
-        "eval_batched_per_s": len(ex) / batched_s, "eval_single_per_s": n_single / single_s,
-        "eval_batched_flops_per_s": batched_flops / batched_s,
-        "eval_single_flops_per_s": single_flops / single_s,
-        "train_step_s_range": [min(step_times), max(step_times)],
-        "matmul_flops_per_s_range": [mm_flops / max(mm_times), mm_flops / min(mm_times)],
-        "model": name, "task": task, "n_digits": args.n_digits, "batch_size": B, "device": device,
-        "hardware": hardware(device), "torch": torch.__version__, "config": run_config(args),
-    }
-    mm = out["matmul_flops_per_s"]
-    out["matmul_fraction"] = train_flops / mm
-    out["eval_speedup"] = out["eval_batched_per_s"] / out["eval_single_per_s"]
-    print(f"train: {step_s * 1e3:.1f} ms/step (median of {repeats}; {min(step_times) * 1e3:.0f}-"
-          f"{max(step_times) * 1e3:.0f}) | {out['train_tokens_per_s']:,.0f} tok/s | "
-          f"{out['executed_block_passes']:.1f}/{config.budget} passes executed | "
-          f"{train_flops / 1e9:.1f} GFLOP/s useful")
-    print(f"matmul: {mm / 1e9:.1f} GFLOP/s ({B * T}x{d} @ {d}x{4 * d}; "
-          f"{out['matmul_flops_per_s_range'][0] / 1e9:.0f}-{out['matmul_flops_per_s_range'][1] / 1e9:.0f}) | "
-          f"training fraction {out['matmul_fraction']:.2f}")
-    print(f"eval: batched {out['eval_batched_per_s']:.1f} examples/s "
-          f"({out['eval_batched_flops_per_s'] / mm:.2f} of matmul speed) vs one at a time "
-          f"{out['eval_single_per_s']:.1f} examples/s ({out['eval_single_flops_per_s'] / mm:.2f}) | "
-          f"speedup {out['eval_speedup']:.1f}x")
-    os.makedirs(args.out_dir, exist_ok=True)
-    path = os.path.join(args.out_dir, "bench.json")
-    with open(path, "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"wrote {path}")
-    return 0
-
-
 def main(argv=None):
     try:
         args = parse_args(argv)
         validate(args)
-        device = get_device(args.device)
-        if args.bench:
-            return bench(args, device)
         if args.eval_only:
-            return eval_only(args, device)
-        return compare(args, device)
+            return eval_only(args, get_device(args.device))
+        import grid  # the comparison: one run is a grid of one; --report reads the records of one
+        return grid.report(args) if args.report else grid.compare(args, get_device(args.device))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
