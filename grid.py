@@ -123,7 +123,7 @@ def run_one(args, run, device, console):
     this = train.run_args(args, task, name)
     run_dir = os.path.join(args.out_dir, run_name(task, name, seed))
     os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "train.log"), "a") as log:
+    with open(os.path.join(run_dir, "train.log"), "a", buffering=1) as log:  # line by line: tail -f works
         out, err = (Tee(log, *([stream] if console else [])) for stream in (sys.stdout, sys.stderr))
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
