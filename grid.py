@@ -68,10 +68,10 @@ def write_record(out_dir, record):
 
 
 def check_legacy(out_dir):
-    """results.json used to be the only copy of the records: refuse to overwrite one whose
-    records have no record.json of their own (or that cannot be read), rather than lose them."""
+    """An earlier artrm kept its records only in results.json. Where out_dir holds such a file
+    and no record.json yet, refuse to overwrite it with a view, rather than lose them."""
     path = os.path.join(out_dir, "results.json")
-    if not os.path.exists(path):
+    if not os.path.exists(path) or read_records(out_dir):  # beside records, results.json is their view
         return
     try:
         with open(path) as f:
@@ -79,11 +79,9 @@ def check_legacy(out_dir):
         assert isinstance(listed, list) and all(isinstance(r, dict) and RECORD_KEYS <= r.keys() for r in listed)
     except (ValueError, AssertionError, OSError):
         raise UserError(f"{path} is not a JSON list of run records; move it away (it is left as it is)") from None
-    have = read_records(out_dir)
-    orphans = [r for r in listed if run_name(r["task"], r["name"], r["seed"]) not in have]
-    if orphans:
-        raise UserError(f"{path} holds {len(orphans)} record(s) of an earlier artrm with no record.json; "
-                        f"move it away, or use another --out_dir")
+    if listed:
+        raise UserError(f"{path} holds {len(listed)} record(s) of an earlier artrm, with no record.json of "
+                        f"their own; move it away, or use another --out_dir")
 
 
 def write_views(out_dir, records):
@@ -264,7 +262,10 @@ def finished(args, run, done):
         return False
     changes = train.setting_changes(record["config"], asked)
     train.check_same_run(changes, where, resume_hint=not args.resume)
-    if changes:  # --resume with new values of RESUMABLE settings: continue it
+    if changes:  # --resume with new values of RESUMABLE settings: continue it from its checkpoint
+        if not os.path.exists(os.path.join(where, "ckpt.pt")):
+            raise UserError(f"{where} is finished but has no checkpoint to continue from with new "
+                            f"{', '.join(changes)}; use another --out_dir")
         return False
     print(f"{run_name(*run)} is finished in {where}; skipped")
     return True

@@ -631,44 +631,122 @@ def test_atomic_checkpoint_write_keeps_the_old_one_when_the_writer_dies(tmp_path
     assert os.listdir(tmp_path) == ["ckpt.pt"]  # and the half-written temporary file is gone
 
 
-def test_bad_input_gets_one_line_and_a_nonzero_exit(tmp_path, capsys):
-    good = tmp_path / "good"
-    assert run_main(good, "--model", "dense", "--task", "copy", "--max_iters", "2") == 0
-    before = (good / "results.json").read_text()
-    ckpt = good / "copy_dense_s1337" / "ckpt.pt"
-    truncated = tmp_path / "truncated.pt"
-    truncated.write_bytes(ckpt.read_bytes()[:300])
-    garbage = tmp_path / "garbage.pt"
-    garbage.write_text("not a checkpoint")
-    a_file = tmp_path / "a_file"
-    a_file.write_text("")
-    cases = {
-        "unknown model 'gpt'": ["--model", "gpt"],
-        "unknown task 'sort'": ["--task", "sort"],
-        "budget 8 is impossible for nested_ut": ["--model", "all", "--budget", "8"],
-        "--n_digits must be positive": ["--n_digits", "0"],
-        "--eval_lengths must be positive": ["--eval_lengths", "3,-1"],
-        "more than --block_size 24": ["--task", "addition", "--eval_lengths", "3,8"],
-        "no checkpoint at": ["--eval_only", "--ckpt", str(tmp_path / "missing.pt")],
-        "is corrupt or truncated": ["--eval_only", "--ckpt", str(truncated)],
-        "garbage.pt is corrupt": ["--eval_only", "--ckpt", str(garbage)],
-        "is a file, not a directory": ["--out_dir", str(a_file)],
-    }
-    if not torch.cuda.is_available():
-        cases["cuda is not available"] = ["--device", "cuda"]
-        cases["--compile is offered on CUDA only"] = ["--compile"]  # with --device auto
+def snapshot(path):
+    """Every file under path, byte for byte (None where path does not exist)."""
+    if not path.exists():
+        return None
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """An out_dir with a finished run (dense), an interrupted one (ut, checkpoint but no record),
+    a corrupt checkpoint (iter), and files that are not what they claim to be."""
+    lab = tmp_path_factory.mktemp("lab")
+    good = lab / "good"
+    assert train.main(TINY + ["--max_iters", "2", "--model", "dense,iter,ut", "--task", "copy", "--out_dir", str(good)]) == 0
+    os.remove(good / "copy_ut_s1337" / "record.json")  # as if interrupted: a checkpoint without its record
+    ckpt = good / "copy_iter_s1337" / "ckpt.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:300])  # truncated
+    os.remove(good / "copy_iter_s1337" / "record.json")
+    (lab / "garbage.pt").write_bytes(os.urandom(2000))
+    torch.save({"weights": torch.zeros(3)}, lab / "foreign.pt")  # a valid torch file, not a checkpoint
+    (lab / "a_file").write_text("")
+    for name, content in (("numbers", "[1, 2]"), ("empties", "[{}]")):
+        (lab / name).mkdir()
+        (lab / name / "results.json").write_text(content)
+    return lab
+
+
+BAD_INPUT = {  # what stderr must say: the flags (added to a tiny dense-on-copy run into lab/good)
+    "comma list of whole numbers, got '6,abc'": ["--eval_lengths", "6,abc"],
+    "--eval_lengths names no length": ["--eval_lengths", ",,"],
+    "--model names no model": ["--model", ""],
+    "--task names no task": ["--task", ""],
+    "unknown model 'gpt'": ["--model", "gpt"],
+    "unknown task 'sort'": ["--task", "sort"],
+    "budget 8 is impossible for nested_ut": ["--model", "all", "--budget", "8"],
+    "--n_digits must be positive": ["--n_digits", "0"],
+    "--eval_lengths must be positive": ["--eval_lengths", "3,-1"],
+    "more than --block_size 24": ["--task", "addition", "--eval_lengths", "3,8"],
+    "--lr must be positive": ["--lr=-1"],
+    "multiple of n_head (5)": ["--n_embd", "64", "--n_head", "5"],
+    "n_embd (0)": ["--n_embd", "0"],
+    "dropout must be in [0, 1)": ["--dropout", "2"],
+    "n_outer and n_inner must be at least 1": ["--model", "nested_ut", "--n_outer", "0"],
+    "n_outer and n_inner must be at least 1 ": ["--model", "ar_trm", "--n_inner", "0"],
+    "--temperature must be zero or positive": ["--temperature=-1"],
+    "--warmup_iters must be zero or positive": ["--warmup_iters=-5"],
+    "--weight_decay must be zero or positive": ["--weight_decay=-0.1"],
+    "--grad_clip must be zero or positive": ["--grad_clip=-1"],
+    "halt_explore must be in [0, 1]": ["--halt_explore", "1.5"],
+    "--jobs must be positive": ["--jobs", "0"],
+    "invalid int value": ["--max_iters", "ten"],
+    "--shard takes K/N": ["--shard", "2/2"],
+    "a_file is a file, not a directory": ["--out_dir", "{lab}/a_file"],
+    "a_file is a file, not a directory ": ["--out_dir", "{lab}/a_file/sub"],
+    "--out_dir is empty": ["--out_dir", ""],
+    "numbers/results.json is not a JSON list of run records": ["--out_dir", "{lab}/numbers"],
+    "empties/results.json is not a JSON list of run records": ["--out_dir", "{lab}/empties"],
+    "trained with other settings (lr 0.003 there, 0.0001 asked)": ["--resume", "--lr", "0.0001"],
+    "(budget 6 there, 12 asked; batch_size 8 there, 4 asked)": ["--budget", "12", "--batch_size", "4"],
+    "differs in eval_lengths; add --resume": ["--eval_lengths", "3,4,5"],
+    "unfinished run; add --resume": ["--model", "ut"],
+    "copy_ut_s1337/ckpt.pt was trained with other settings (lr": ["--model", "ut", "--resume", "--lr", "0.01"],
+    "has trained 2 iterations already, more than --max_iters 1": ["--model", "ut", "--resume", "--max_iters", "1"],
+    "copy_iter_s1337/ckpt.pt is corrupt or truncated": ["--model", "ut,iter", "--resume"],  # before ut trains
+    "no checkpoint at": ["--eval_only", "--ckpt", "{lab}/missing.pt"],
+    "garbage.pt is corrupt or truncated": ["--eval_only", "--ckpt", "{lab}/garbage.pt"],
+    "foreign.pt is a torch file but not an artrm checkpoint": ["--eval_only", "--ckpt", "{lab}/foreign.pt"],
+    "no run records in": ["--report", "--out_dir", "{lab}/nothing"],
+}
+if not torch.cuda.is_available():
+    BAD_INPUT["cuda is not available"] = ["--device", "cuda"]
+    BAD_INPUT["--compile is offered on CUDA only"] = ["--compile", "--device", "auto"]
+if os.geteuid() != 0:  # root may write into a read-only directory
+    BAD_INPUT["readonly is not writable"] = ["--out_dir", "{lab}/readonly/out"]
+
+
+@pytest.mark.parametrize("want", BAD_INPUT)
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(lab, want, capsys):
+    (lab / "readonly").mkdir(mode=0o555, exist_ok=True)
+    flags = [f.format(lab=lab) for f in BAD_INPUT[want]]
+    out_dir = flags[flags.index("--out_dir") + 1] if "--out_dir" in flags else str(lab / "good")
+    before = {p: snapshot(p) for p in (lab / "good", lab / "nothing", lab / "numbers", lab / "empties")}
     capsys.readouterr()
-    for want, flags in cases.items():
-        out_dir = [] if "--out_dir" in flags else ["--out_dir", str(good)]
-        code = train.main(TINY[:-2] + ["--max_iters", "2"] + out_dir + flags)
-        err = capsys.readouterr().err.strip()
-        assert code == 2, (flags, code, err)
-        assert want in err and len(err.splitlines()) == 1, (flags, err)
-    assert (good / "results.json").read_text() == before  # earlier results untouched
-    assert train.load_checkpoint(str(ckpt))["iter"] == 2
-    r = cli(*TINY, "--resume", "--out_dir", str(tmp_path / "empty"))  # and from the command line
-    assert r.returncode == 2 and r.stderr.strip().startswith("error: --resume: no checkpoint at")
-    assert len(r.stderr.strip().splitlines()) == 1
+    code = train.main(TINY + ["--max_iters", "2", "--model", "dense", "--task", "copy", "--out_dir", out_dir] + flags)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, (flags, code, err)
+    assert want.strip() in err and len(err.splitlines()) == 1 and err.startswith("error: "), (flags, err)
+    assert "weights_only=False" not in err  # never the advice to unpickle a file one does not trust
+    assert {p: snapshot(p) for p in before} == before  # nothing trained, nothing written
+    assert not os.path.exists(os.path.join(out_dir, "copy_dense_s1337")) or out_dir == str(lab / "good")
+
+
+def test_the_same_command_again_skips_the_finished_run_and_keeps_one_record(tmp_path, capsys):
+    flags = ["--model", "dense", "--task", "copy", "--max_iters", "2"]
+    assert run_main(tmp_path, *flags) == 0
+    first = snapshot(tmp_path)
+    assert run_main(tmp_path, *flags) == 0
+    assert "is finished in" in capsys.readouterr().out
+    assert snapshot(tmp_path)["copy_dense_s1337/record.json"] == first["copy_dense_s1337/record.json"]
+    assert len(results(tmp_path)) == 1
+
+
+def test_resume_may_extend_a_run_and_the_record_says_so(tmp_path):
+    assert run_main(tmp_path, "--model", "iter", "--task", "copy", "--max_iters", "2") == 0
+    assert run_main(tmp_path, "--model", "iter", "--task", "copy", "--max_iters", "4", "--resume") == 0
+    (rec,) = results(tmp_path)
+    assert rec["iters"] == 4 and rec["config"]["max_iters"] == 4
+    assert rec["resumed"] == [{"iter": 2, "changed": {"max_iters": [2, 4]}}]
+
+
+def test_help_describes_every_knob_once(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["-h"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: ) (default" not in out and out.count("(default:") == len(train.DEFAULTS) + 1  # + --preset
+    assert "--n_head INT attention heads" in out
 
 
 def test_bench_prints_its_ratios_and_writes_them(tmp_path, capsys):

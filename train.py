@@ -340,8 +340,15 @@ def resume_point(args, task, name, seed):
     if not (args.resume and os.path.exists(path)):
         return None
     ckpt = load_checkpoint(path)
-    config = {**asdict(model_config(args, name)), **run_config(args)}
-    check_same_run(setting_changes({**ckpt["config"], **ckpt.get("settings", {})}, config), path, False)
+    config = model_config(args, name)
+    asked = {**asdict(config), **(run_config(args) if "settings" in ckpt else {})}
+    check_same_run(setting_changes({**ckpt["config"], **ckpt.get("settings", {})}, asked), path, False)
+    with torch.device("meta"):  # the shapes of this code's model, without building it
+        shapes = {k: v.shape for k, v in Model(config).state_dict().items()}
+    if shapes != {k: v.shape for k, v in ckpt["model"].items()}:
+        raise UserError(f"{path} was written by an artrm whose model differs from this one; use another --out_dir")
+    if args.max_iters < ckpt["iter"]:
+        raise UserError(f"{path} has trained {ckpt['iter']} iterations already, more than --max_iters {args.max_iters}")
     return ckpt
 
 # -----------------------------------------------------------------------------
@@ -526,24 +533,30 @@ def fmt_time(s):
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 def eval_only(args, device):
-    for task in args.tasks:
-        for name in args.models:
-            for seed in range(args.seed, args.seed + args.seeds):
-                path = args.ckpt or os.path.join(args.out_dir, run_name(task, name, seed), "ckpt.pt")
-                ckpt = load_checkpoint(path)
-                task = ckpt.get("task", task)
-                config = Config(**ckpt["config"])
-                check_fits(task, args.eval_lengths, config.block_size, "the checkpoint's block_size")
-                model = Model(config).to(device)
-                model.load_state_dict(ckpt["model"])
-                print(f"{path}: {config.model} on {task}, iter {ckpt['iter']}")
-                res = evaluate(model, task, args.eval_lengths, args.eval_examples, device, args.temperature, show=3)
-                for n, r in res.items():
-                    print(f"  L={n}: char_acc {r['char_acc']:.3f} seq_acc {r['seq_acc']:.3f} "
-                          f"pos_acc {' '.join(f'{v:.2f}' for v in r['pos_acc'])}")
-                if args.ckpt:
-                    return 0
+    """Evaluate saved checkpoints (--ckpt FILE, or each run's own) with their own config."""
+    runs = [(t, m, s) for t in args.tasks for m in args.models for s in range(args.seed, args.seed + args.seeds)]
+    paths = [args.ckpt] if args.ckpt else [os.path.join(args.out_dir, run_name(*run), "ckpt.pt") for run in runs]
+    for path, (task, _, _) in zip(paths, runs):
+        ckpt = load_checkpoint(path)
+        task = ckpt.get("task", task)  # a checkpoint knows its task
+        model = restore_model(ckpt, path, device)
+        check_fits(task, args.eval_lengths, model.config.block_size, "the checkpoint's block_size")
+        print(f"{path}: {model.config.model} on {task}, iter {ckpt['iter']}")
+        res = evaluate(model, task, args.eval_lengths, args.eval_examples, device, args.temperature, show=3)
+        for n, r in res.items():
+            print(f"  L={n}: char_acc {r['char_acc']:.3f} seq_acc {r['seq_acc']:.3f} "
+                  f"pos_acc {' '.join(f'{v:.2f}' for v in r['pos_acc'])}")
     return 0
+
+
+def restore_model(ckpt, path, device):
+    try:
+        model = Model(Config(**ckpt["config"])).to(device)
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path} was written by an artrm whose model differs from this one "
+                        f"({str(e).splitlines()[0][:160]})") from None
+    return model
 
 
 # -----------------------------------------------------------------------------
