@@ -176,8 +176,8 @@ class Config:
 class FinalReadout:
     """Rungs 1-3: the output is the last state."""
 
-    def __init__(self, model, y):
-        self.n_steps = model.config.n_steps
+    def __init__(self, model, y, n_steps):
+        self.n_steps = n_steps
         self.out, self.steps = None, torch.zeros(y.shape[:2], device=y.device)  # steps: (B, T)
 
     def update(self, y, t):
@@ -194,8 +194,8 @@ class ACTReadout:
     are still computed (others attend to them), they just stop adding to the output.
     The caller exits early only when the whole batch has halted."""
 
-    def __init__(self, model, y):
-        self.halt, self.n_steps = model.halt, model.config.n_steps
+    def __init__(self, model, y, n_steps):
+        self.halt, self.n_steps = model.halt, n_steps
         B, T, _ = y.shape
         self.halted = torch.zeros(B, T, dtype=torch.bool, device=y.device)
         self.cum = torch.zeros(B, T, device=y.device)     # cumulative halting probability
@@ -238,8 +238,8 @@ class HaltReadout:
     authors' code, gets no loss, so it never fires and every forward runs the whole
     budget. Only halt_loss=True (an extension) trains it."""
 
-    def __init__(self, model, y):
-        self.halt, self.n_steps = model.halt, model.config.n_steps
+    def __init__(self, model, y, n_steps):
+        self.halt, self.n_steps = model.halt, n_steps
         B, T, _ = y.shape
         self.done = torch.zeros(B, dtype=torch.bool, device=y.device)
         self.steps = torch.zeros(B, T, device=y.device)
@@ -298,6 +298,7 @@ class Model(nn.Module):
             nn.init.zeros_(self.halt.weight)
             nn.init.constant_(self.halt.bias, -5.0)
         self.last_steps = None  # (B, T) steps each position ran in the latest forward (see executed passes)
+        self.last_n_steps = config.n_steps  # the steps that forward could run at most
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -337,8 +338,16 @@ class Model(nn.Module):
                 y = f(y + z + s)          # ... the answer does not: that tells f which job it does
         return y, z
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, n_steps=None, extend="cycle"):
+        """Logits (B, T, V) and the loss if targets are given. n_steps (evaluation only) runs
+        a tied rung for another number of steps than it was trained for: thinking longer or
+        shorter at test time. Past the trained steps, the step embeddings are reused as the
+        authors' inference-scaling script does, cyclically (extend="cycle": s_1..s_N, s_1...),
+        or the last one is repeated (extend="last")."""
         c = self.config
+        N = n_steps or c.n_steps
+        if N != c.n_steps and not c.rung.tied:
+            raise ValueError("dense has no tied depth to extend: its depth is its parameters")
         B, T = idx.size()
         if T > c.block_size:
             raise ValueError(f"sequence of length {T} is longer than block_size {c.block_size}")
@@ -346,19 +355,20 @@ class Model(nn.Module):
         x = self.wte(idx) + self.wpe(pos)                                       # (B, T, C)
         y = self.y_init.expand(B, T, -1) if c.rung.two_streams else x           # (B, T, C)
         z = self.z_init.expand(B, T, -1) if c.rung.two_streams else None        # (B, T, C)
-        readout = READOUTS[c.rung.halting](self, y)
+        readout = READOUTS[c.rung.halting](self, y, N)
         ce_steps, bce_steps = [], []  # per-step losses, only for the extensions
-        for t in range(c.n_steps):
+        for t in range(N):
             if self.truncated:  # each step starts from a detached state
                 y, z = y.detach(), z.detach()
-            y, z = self.step(x, y, z, t)
+            k = t if t < c.n_steps else (t % c.n_steps if extend == "cycle" else c.n_steps - 1)  # trained step
+            y, z = self.step(x, y, z, k)
             if targets is not None and (c.deep_supervision or c.halt_loss):
                 ce, bce = self.step_losses(y, targets)
                 ce_steps.append(ce)
                 bce_steps.append(bce)
             if readout.update(y, t):
                 break
-        self.last_steps = readout.steps.detach()
+        self.last_steps, self.last_n_steps = readout.steps.detach(), N
         logits = self.lm_head(self.ln_f(readout.out))                           # (B, T, V)
         if targets is None:
             return logits, None
@@ -418,11 +428,11 @@ class Model(nn.Module):
         return torch.optim.AdamW(self.parameters(), lr=lr, betas=betas, weight_decay=weight_decay, fused=fused)
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=0.0, generator=None):
+    def generate(self, idx, max_new_tokens, temperature=0.0, generator=None, n_steps=None, extend="cycle"):
         """Decode a whole batch at once. temperature 0 is greedy; the paper's code
         samples at temperature 1. No KV cache: the depth recurrence halts per forward."""
         for _ in range(max_new_tokens):
-            logits, _ = self(idx)
+            logits, _ = self(idx, n_steps=n_steps, extend=extend)
             logits = logits[:, -1, :]                                            # (B, V)
             if temperature > 0:
                 probs = F.softmax(logits / temperature, dim=-1)

@@ -61,6 +61,20 @@ def read_records(out_dir):
     return records
 
 
+def read_test_budgets(out_dir):
+    """The test-budget evaluations in out_dir (<run>/test_budgets.json, see --eval_budgets)."""
+    entries = []
+    for path in sorted(glob.glob(os.path.join(out_dir, "*", "test_budgets.json"))):
+        try:
+            with open(path) as f:
+                e = json.load(f)
+            assert isinstance(e, dict) and {"task", "name", "seed", "train_budget", "budgets"} <= e.keys()
+        except (ValueError, AssertionError, OSError):
+            raise UserError(f"{path} is not a test-budget record; move it away (it is left as it is)") from None
+        entries.append(e)
+    return entries
+
+
 def write_record(out_dir, record):
     run_dir = os.path.join(out_dir, run_name(record["task"], record["name"], record["seed"]))
     os.makedirs(run_dir, exist_ok=True)
@@ -93,6 +107,10 @@ def write_views(out_dir, records):
         md += [f"## {task}", "", format_table(header, rows, markdown=True), "",
                "Accuracy by output position (first digit left; ' '=0, █=1; chance is 0.10):", "",
                "```", chart, "```", ""]
+    for task, n, header, rows in budget_tables(read_test_budgets(out_dir)):
+        md += [f"## {task}: thinking longer or shorter at test time (L={n})", "",
+               "char_acc, mean±std over seeds, and the block passes executed per token (at evaluation)", "",
+               format_table(header, rows, markdown=True), ""]
     train.atomic_write(os.path.join(out_dir, "results.md"), lambda f: f.write("\n".join(md).encode()))
 
 # -----------------------------------------------------------------------------
@@ -197,8 +215,11 @@ def compare(args, device):
         run_parallel(args, device, todo, jobs, threads, finish)
     grid = {run_name(*r): done[run_name(*r)] for r in runs if run_name(*r) in done}
     print_tables(grid.values())
+    in_grid = [e for e in read_test_budgets(args.out_dir) if run_name(e["task"], e["name"], e["seed"]) in grid]
+    print_budget_tables(in_grid)
     if args.plot:
         plot(grid.values(), args.out_dir)
+        plot_budgets(in_grid, args.out_dir)
     print(f"\nrecords in {args.out_dir}/<run>/record.json; views {args.out_dir}/results.json and results.md "
           f"({fmt_time(time.time() - t0)} in all)")
     return 1 if failed else 0
@@ -291,10 +312,13 @@ def report(args):
         raise UserError(f"no run records in {args.out_dir} (they are <out_dir>/<run>/record.json)")
     check_legacy(args.out_dir)
     names_grid = {"model", "task", "seed", "seeds"} & set(args.given)
+    budgets = read_test_budgets(args.out_dir)
     if names_grid:  # only the grid asked for, and what it lacks
         runs = plan(args)
         shown = [records[run_name(*r)] for r in runs if run_name(*r) in records]
+        budgets = [e for e in budgets if (e["task"], e["name"], e["seed"]) in set(runs)]
         print_tables(shown)
+        print_budget_tables(budgets)
         missing = [r for r in runs if records.get(run_name(*r), {}).get("status") != "ok"]
         if missing:
             print(f"\n{len(missing)} of {len(runs)} run(s) of this grid are missing or failed; to run them:")
@@ -305,9 +329,11 @@ def report(args):
     else:
         shown = list(records.values())
         print_tables(shown)
+        print_budget_tables(budgets)
     write_views(args.out_dir, records)
     if args.plot:
         plot(shown, args.out_dir)
+        plot_budgets(budgets, args.out_dir)
     print(f"\nwrote {args.out_dir}/results.json and results.md from {len(records)} record(s)")
     return 0
 
@@ -457,16 +483,62 @@ def print_tables(records):
         print(format_table(header, rows))
         print(f"\naccuracy by output position at the training length (first digit left; ' '=0, █=1)\n{chart}")
 
+def budget_tables(entries):
+    """[(task, length, header, rows)]: per model (row) and test budget (column), char_acc
+    mean±std over seeds and the passes executed, from test_budgets.json records."""
+    out = []
+    for task in train.TASKS:
+        es = [e for e in entries if e["task"] == task]
+        lengths = sorted({int(n) for e in es for b in e["budgets"].values() for n in b})
+        budgets = sorted({int(b) for e in es for b in e["budgets"]})
+        for n in lengths:
+            header = ["model", "trained at", "seeds"] + [f"budget {b}" for b in budgets]
+            rows = []
+            for label, group in budget_groups(es):
+                row = [label, str(group[0]["train_budget"]), str(len(group))]
+                for b in budgets:
+                    cells = [e["budgets"][str(b)][str(n)] for e in group if str(n) in e["budgets"].get(str(b), {})]
+                    row.append(f"{pm(c['char_acc'] for c in cells)} ({statistics.mean(c['passes'] for c in cells):.1f})"
+                               if cells else "")
+                rows.append(row)
+            out.append((task, n, header, rows))
+    return out
+
+
+def budget_groups(entries):
+    rows = {}
+    for e in sorted(entries, key=lambda e: (order_key(e["name"]), e["train_budget"], e["seed"] or 0)):
+        rows.setdefault(f"{e['name']} ({e['extend']})", []).append(e)
+    return list(rows.items())
+
+
+def print_budget_tables(entries):
+    for task, n, header, rows in budget_tables(entries):
+        print(f"\n== {task}: char_acc at L={n} when thinking longer or shorter at test time "
+              f"(passes executed per token in brackets)\n")
+        print(format_table(header, rows))
+
 # -----------------------------------------------------------------------------
 # Figures (optional: matplotlib).
 
-def plot(records, out_dir):
+def pyplot():
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        return plt
     except ImportError:
         print("--plot needs matplotlib, which is not installed: pip install matplotlib", file=sys.stderr)
+        return None
+
+
+def save(fig, path):
+    train.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    print(f"wrote {path}")
+
+def plot(records, out_dir):
+    plt = pyplot()
+    if plt is None:
         return
     records = list(records)
     for task in train.TASKS:
@@ -491,7 +563,31 @@ def plot(records, out_dir):
         ax1.legend(fontsize=7)
         ax2.legend(fontsize=7)
         fig.tight_layout()
-        path = os.path.join(out_dir, f"{task}.png")
-        train.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+        save(fig, os.path.join(out_dir, f"{task}.png"))
         plt.close(fig)
-        print(f"wrote {path}")
+
+
+def plot_budgets(entries, out_dir):
+    """test_budgets.png: char_acc at the first evaluation length against the test budget,
+    one line per model, one panel per task, seed spread as error bars."""
+    tasks_here = [t for t in train.TASKS if any(e["task"] == t for e in entries)]
+    if not tasks_here or (plt := pyplot()) is None:
+        return
+    fig, axes = plt.subplots(1, len(tasks_here), figsize=(5.5 * len(tasks_here), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks_here):
+        es = [e for e in entries if e["task"] == task]
+        n = min(int(n) for e in es for b in e["budgets"].values() for n in b)
+        for i, (label, group) in enumerate(budget_groups(es)):
+            budgets = sorted({int(b) for e in group for b in e["budgets"]})
+            accs = [[e["budgets"][str(b)][str(n)]["char_acc"] for e in group if str(b) in e["budgets"]]
+                    for b in budgets]
+            ax.errorbar(budgets, [statistics.mean(a) for a in accs], yerr=[mean_std(a)[1] for a in accs],
+                        marker="os^vDP*X"[i % 8], linestyle=["-", "--", ":", "-."][i % 4], capsize=3, label=label)
+            ax.axvline(group[0]["train_budget"], color="grey", linewidth=0.5)
+        ax.axhline(0.1, color="grey", linestyle=":", linewidth=1)
+        ax.set(title=f"{task}: thinking longer at test time (L={n})", xlabel="test budget (block passes per token)",
+               ylabel="char_acc (mean ± std over seeds)", xscale="log", ylim=(0, 1.02))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    save(fig, os.path.join(out_dir, "test_budgets.png"))
+    plt.close(fig)

@@ -220,7 +220,7 @@ def test_act_weights_sum_to_one():
     torch.manual_seed(0)
     model = Model(tiny("ut", budget=12)).eval()
     x = torch.randn(2, 5, 32)
-    readout = artrm.ACTReadout(model, x)
+    readout = artrm.ACTReadout(model, x, 12)
     for t in range(12):
         if readout.update(x, t):
             break
@@ -241,7 +241,7 @@ def test_act_remainder_at_the_last_step_counts_that_steps_p():
     # then 1 - cum with cum = 0.6, so the remainder is 0.4 (0.7 if this step's p were left out)
     model = constant_halting(Model(tiny("ut", budget=2, ponder_weight=1.0)), 0.3)
     x = torch.randn(2, 5, 32)
-    readout = artrm.ACTReadout(model, x)
+    readout = artrm.ACTReadout(model, x, 2)
     assert not readout.update(x, 0) and readout.update(x, 1)
     assert torch.allclose(readout.rem, torch.full((2, 5), 0.4))
     assert readout.ponder_cost().item() == pytest.approx(2.4)
@@ -699,6 +699,9 @@ BAD_INPUT = {  # what stderr must say: the flags (added to a tiny dense-on-copy 
     "garbage.pt is corrupt or truncated": ["--eval_only", "--ckpt", "{lab}/garbage.pt"],
     "foreign.pt is a torch file but not an artrm checkpoint": ["--eval_only", "--ckpt", "{lab}/foreign.pt"],
     "no run records in": ["--report", "--out_dir", "{lab}/nothing"],
+    "--eval_budgets: dense has no tied depth": ["--eval_budgets", "12"],
+    "--eval_budgets 9: budget 9 is impossible for nested_ut": ["--model", "nested_ut", "--eval_budgets", "9"],
+    "--step_extend is cycle or last": ["--model", "ut", "--eval_budgets", "12", "--step_extend", "first"],
 }
 if not torch.cuda.is_available():
     BAD_INPUT["cuda is not available"] = ["--device", "cuda"]
@@ -891,3 +894,50 @@ def test_report_over_two_shards_is_the_table_of_one_go_and_names_what_is_missing
     assert "4 of 8 run(s) of this grid are missing" in out
     cmd = next(line for line in out.splitlines() if "missing:" in line and "--model ut --task reverse --seed 1338" in line)
     assert "--report" not in cmd and "--max_iters 3" in cmd and "--n_embd 16" in cmd
+
+
+# -----------------------------------------------------------------------------
+# Thinking longer or shorter at test time (--eval_budgets)
+
+
+def test_a_tied_rung_past_its_trained_steps_cycles_its_step_embeddings():
+    torch.manual_seed(0)
+    model = Model(tiny("iter_step", budget=3)).eval()  # N = 3 trained steps
+    idx = torch.randint(0, 14, (2, 7))
+    x = model.wte(idx) + model.wpe(torch.arange(7))
+    for extend, order in (("cycle", [0, 1, 2, 0, 1, 2, 0]), ("last", [0, 1, 2, 2, 2, 2, 2])):
+        h = x
+        for t in order:
+            h = model.blocks[0](h + model.step_emb.weight[t])
+        logits, _ = model(idx, n_steps=7, extend=extend)
+        assert torch.allclose(logits, model.lm_head(model.ln_f(h)), atol=1e-6), extend
+    with pytest.raises(ValueError, match="dense has no tied depth"):
+        Model(tiny("dense", budget=3))(idx, n_steps=6)
+
+
+@pytest.mark.parametrize("rung", ["iter", "ut", "ar_trm"])
+def test_its_own_budget_gives_the_normal_evaluation_and_more_budget_runs_more_passes(rung):
+    torch.manual_seed(0)
+    model = never_halt(Model(tiny(rung, budget=6)))
+    normal = train.evaluate(model, "copy", [3], 16, "cpu")
+    same = train.evaluate(model, "copy", [3], 16, "cpu", n_steps=model.config.n_steps)
+    assert same == normal
+    longer = train.evaluate(model, "copy", [3], 16, "cpu", n_steps=2 * model.config.n_steps)
+    assert longer["3"]["passes"] == 2 * normal["3"]["passes"] == 12
+
+
+def test_eval_budgets_are_recorded_beside_the_run_and_reported(tmp_path, capsys):
+    assert run_main(tmp_path, "--model", "iter,ut", "--task", "copy", "--max_iters", "2", "--eval_budgets", "3,6,12",
+                    "--eval_lengths", "3") == 0
+    e = json.loads((tmp_path / "copy_ut_s1337" / "test_budgets.json").read_text())
+    assert (e["train_budget"], e["extend"], e["seed"], sorted(e["budgets"])) == (6, "cycle", 1337, ["12", "3", "6"])
+    assert e["budgets"]["6"]["3"]["char_acc"] == results(tmp_path)[1]["eval"]["3"]["char_acc"]  # ut's own budget
+    capsys.readouterr()
+    assert train.main(["--report", "--out_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "thinking longer or shorter" in out and "budget 12" in out and "\nut (cycle)" in out
+    # and on a saved checkpoint, with the other way of extending the step embeddings
+    assert run_main(tmp_path, "--eval_only", "--model", "iter", "--task", "copy", "--eval_budgets", "24",
+                    "--step_extend", "last") == 0
+    e = json.loads((tmp_path / "copy_iter_s1337" / "test_budgets.json").read_text())
+    assert e["extend"] == "last" and list(e["budgets"]) == ["24"] and e["budgets"]["24"]["3"]["passes"] == 24

@@ -59,6 +59,8 @@ DEFAULTS = dict(
     n_digits=6,            # training operand length L
     eval_lengths="6,12",   # comma list of operand lengths to evaluate
     eval_examples=100,     # fixed held-out examples per length
+    eval_budgets="",       # comma list of test-time budgets to evaluate tied rungs at (think longer or shorter)
+    step_extend="cycle",   # step embeddings past the trained steps at a test budget: cycle (the authors') or last
     eval_interval=250,     # evaluate every this many iters (and at the end)
     log_interval=50,       # progress line every this many iters
     max_iters=1500,        # training iterations (one fresh batch each)
@@ -129,6 +131,10 @@ def parse_args(argv=None):
     if not args.eval_lengths:
         raise UserError("--eval_lengths names no length")
     try:
+        args.eval_budgets = [int(s) for s in str(args.eval_budgets).split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--eval_budgets takes a comma list of whole numbers, got {args.eval_budgets!r}") from None
+    try:
         k, n = (int(v) for v in args.shard.split("/")) if args.shard else (0, 1)
         assert 0 <= k < n
     except (ValueError, AssertionError):
@@ -152,9 +158,9 @@ def expand(value, choices, what):
     return names
 
 
-def ladder_order(names):
-    """Model names in ladder order, each rung's extensions after it."""
-    return sorted(set(names), key=lambda n: (RUNGS.index(n.split("+")[0]), n))
+def model_name(config):
+    """The model name of a Config: its rung and the extensions it has on, as rung+ext."""
+    return "+".join([config.model] + [e for e in EXTENSIONS if getattr(config, e)])
 
 
 def model_config(args, name):
@@ -185,6 +191,16 @@ def validate(args):
             raise UserError(f"{m}: {e}") from None
     for task in args.tasks:
         check_fits(task, [args.n_digits] + args.eval_lengths, args.block_size, "--block_size")
+    if args.step_extend not in ("cycle", "last"):
+        raise UserError(f"--step_extend is cycle or last, got {args.step_extend!r}")
+    for b in args.eval_budgets:  # a test budget must suit each rung, as a training budget does
+        for m in args.models:
+            if m.split("+")[0] == "dense":
+                raise UserError("--eval_budgets: dense has no tied depth to extend, its depth is its parameters")
+            try:
+                Config(**{**asdict(model_config(args, m)), "budget": b})
+            except ValueError as e:
+                raise UserError(f"--eval_budgets {b}: {e}") from None
     check_writable(args.out_dir)
     if args.compile and get_device(args.device) != "cuda":  # --device auto picks CUDA where there is one
         raise UserError("--compile is offered on CUDA only")
@@ -239,7 +255,6 @@ class PassMeter:
     because the whole batch had halted. `state` holds plain numbers, for checkpoints."""
 
     def __init__(self, model, state=None):
-        self.n_steps = model.config.n_steps
         self.state = state or {"train": [0, 0, 0.0], "eval": [0, 0, 0.0]}  # forwards, early exits, steps
         model.register_forward_hook(self.hook)
 
@@ -249,7 +264,7 @@ class PassMeter:
     def hook(self, model, inputs, output):
         tally = self.state["train" if model.training else "eval"]
         tally[0] += 1
-        tally[1] += int(model.last_steps.max() < self.n_steps)  # a sync, as the readouts do per step
+        tally[1] += int(model.last_steps.max() < model.last_n_steps)  # a sync, as the readouts do per step
         tally[2] += float(model.last_steps.mean())
 
     def mean_steps(self, mode):
@@ -269,24 +284,50 @@ def eval_set(task, n_digits, n_examples, device):
 
 
 @torch.no_grad()
-def evaluate(model, task, lengths, n_examples, device, temperature=0.0, show=0):
+def evaluate(model, task, lengths, n_examples, device, temperature=0.0, show=0, n_steps=None, extend="cycle"):
+    """Greedy (or sampled) decoding of the fixed examples of each length, in one batch.
+    n_steps: a test-time depth for a tied rung (see Model.forward)."""
     was_training = model.training
     model.eval()
     results = {}
+    steps = []  # executed steps per position of every decoding forward
+    hook = model.register_forward_hook(lambda m, i, o: steps.append(m.last_steps.mean()))
     for n in lengths:
         ex = eval_set(task, n, n_examples, device)
         P, A = tasks.prompt_len(task, n), tasks.answer_len(task, n)
         g = torch.Generator(device=device).manual_seed(EVAL_SEED) if temperature > 0 else None
-        out = model.generate(ex[:, :P], A, temperature=temperature, generator=g)
+        steps.clear()
+        out = model.generate(ex[:, :P], A, temperature=temperature, generator=g, n_steps=n_steps, extend=extend)
         right = out[:, P:] == ex[:, P:P + A]                                    # (B, A)
         results[str(n)] = {"char_acc": right.float().mean().item(),
                            "seq_acc": right.all(1).float().mean().item(),
-                           "pos_acc": [round(v, 4) for v in right.float().mean(0).tolist()]}
+                           "pos_acc": [round(v, 4) for v in right.float().mean(0).tolist()],
+                           "passes": float(torch.stack(steps).mean()) * model.config.passes_per_step}
         for i in torch.nonzero(~right.all(1)).flatten()[:show].tolist():
             said, truth = (tasks.decode(t).replace("\n", "⏎") for t in (out[i, P:P + A], ex[i, P:P + A]))
             print(f"  L={n}: {tasks.decode(ex[i, :P])}  model {said}  right {truth}")
+    hook.remove()
     model.train(was_training)
     return results
+
+
+def evaluate_budgets(model, task, seed, args, device, checkpoint, iters):
+    """Evaluate a trained tied rung at each test budget of --eval_budgets, and write what it
+    gave, whole, to test_budgets.json beside the checkpoint (a record of its own, for --report)."""
+    c = model.config
+    budgets = {}
+    for b in args.eval_budgets:
+        budgets[str(b)] = evaluate(model, task, args.eval_lengths, args.eval_examples, device, args.temperature,
+                                   n_steps=b // c.passes_per_step, extend=args.step_extend)
+        at = budgets[str(b)]
+        print(f"test budget {b:3d} (trained at {c.budget}): " + " | ".join(
+            f"L={n} char_acc {r['char_acc']:.3f} seq_acc {r['seq_acc']:.3f} passes {r['passes']:.1f}"
+            for n, r in at.items()))
+    write_json(os.path.join(os.path.dirname(checkpoint), "test_budgets.json"), {
+        "task": task, "name": model_name(c), "model": c.model, "seed": seed, "checkpoint": checkpoint,
+        "iters": iters, "train_budget": c.budget, "extend": args.step_extend, "temperature": args.temperature,
+        "eval_examples": args.eval_examples, "budgets": budgets, "code": code_version()})
+    return budgets
 
 # -----------------------------------------------------------------------------
 # Checkpoints (and records, and results views) are written with atomic_write, so a kill
@@ -314,7 +355,8 @@ def load_checkpoint(path):
 
 # May change when a run resumes: they do not change the weights trained so far. A record
 # whose run resumed with another value of one of them says so under "resumed".
-RESUMABLE = ("max_iters", "eval_lengths", "eval_examples", "eval_interval", "log_interval", "temperature")
+RESUMABLE = ("max_iters", "eval_lengths", "eval_examples", "eval_interval", "log_interval", "temperature",
+             "eval_budgets", "step_extend")
 
 
 def setting_changes(old, new):
@@ -485,6 +527,8 @@ def train_run(args, task, name, seed, device):
     meter.reset("eval")  # executed passes of the final evaluation only
     try:
         final = evaluate(model, task, args.eval_lengths, args.eval_examples, device, args.temperature, show=3)
+        if args.eval_budgets:  # thinking longer or shorter at test time, recorded beside the run
+            evaluate_budgets(model, task, seed, args, device, ckpt_path, it)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted in the final evaluation; the checkpoint at iter {it} is in {ckpt_path}. "
                           f"Resume with: {resume_command(args)}") from None
@@ -541,11 +585,19 @@ def eval_only(args, device):
         task = ckpt.get("task", task)  # a checkpoint knows its task
         model = restore_model(ckpt, path, device)
         check_fits(task, args.eval_lengths, model.config.block_size, "the checkpoint's block_size")
+        if args.eval_budgets and not model.config.rung.tied:
+            raise UserError(f"{path}: --eval_budgets: dense has no tied depth to extend, its depth is its parameters")
+        for b in args.eval_budgets:
+            if b % model.config.passes_per_step:
+                raise UserError(f"{path}: test budget {b} is impossible for {model.config.model}, which spends "
+                                f"{model.config.passes_per_step} block passes per step")
         print(f"{path}: {model.config.model} on {task}, iter {ckpt['iter']}")
         res = evaluate(model, task, args.eval_lengths, args.eval_examples, device, args.temperature, show=3)
         for n, r in res.items():
             print(f"  L={n}: char_acc {r['char_acc']:.3f} seq_acc {r['seq_acc']:.3f} "
                   f"pos_acc {' '.join(f'{v:.2f}' for v in r['pos_acc'])}")
+        if args.eval_budgets:
+            evaluate_budgets(model, task, ckpt.get("seed"), args, device, path, ckpt["iter"])
     return 0
 
 
