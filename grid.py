@@ -48,23 +48,24 @@ RECORD_KEYS = {"task", "name", "model", "seed", "status", "config"}
 
 
 def read_records(out_dir):
-    """{run name: record} for every record in out_dir."""
+    """{run directory, relative to out_dir: record} for every record under out_dir (a run's
+    directory is its run name; an experiment may keep grids in folders of its own below)."""
     records = {}
-    for path in sorted(glob.glob(os.path.join(out_dir, "*", "record.json"))):
+    for path in sorted(glob.glob(os.path.join(out_dir, "**", "record.json"), recursive=True)):
         try:
             with open(path) as f:
                 r = json.load(f)
             assert isinstance(r, dict) and RECORD_KEYS <= r.keys()
         except (ValueError, AssertionError, OSError):
             raise UserError(f"{path} is not a run record; move it away (it is left as it is)") from None
-        records[run_name(r["task"], r["name"], r["seed"])] = r
+        records[os.path.relpath(os.path.dirname(path), out_dir)] = r
     return records
 
 
 def read_test_budgets(out_dir):
     """The test-budget evaluations in out_dir (<run>/test_budgets.json, see --eval_budgets)."""
     entries = []
-    for path in sorted(glob.glob(os.path.join(out_dir, "*", "test_budgets.json"))):
+    for path in sorted(glob.glob(os.path.join(out_dir, "**", "test_budgets.json"), recursive=True)):
         try:
             with open(path) as f:
                 e = json.load(f)

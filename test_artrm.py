@@ -941,3 +941,14 @@ def test_eval_budgets_are_recorded_beside_the_run_and_reported(tmp_path, capsys)
                     "--step_extend", "last") == 0
     e = json.loads((tmp_path / "copy_iter_s1337" / "test_budgets.json").read_text())
     assert e["extend"] == "last" and list(e["budgets"]) == ["24"] and e["budgets"]["24"]["3"]["passes"] == 24
+
+
+def test_report_over_an_experiment_of_several_grids_keeps_their_rows_apart(tmp_path, capsys):
+    for budget in ("6", "12"):  # one grid per budget, each in a folder of the experiment
+        assert run_main(tmp_path / f"b{budget}", "--model", "iter", "--task", "copy", "--max_iters", "2",
+                        "--budget", budget) == 0
+    capsys.readouterr()
+    assert train.main(["--report", "--out_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "\niter budget=6 " in out and "\niter budget=12 " in out
+    assert len(results(tmp_path)) == 2
