@@ -533,6 +533,20 @@ def pyplot():
         return None
 
 
+def style(i):
+    """Line style i of a figure: marker and dash differ too, so lines stay apart in greyscale."""
+    return dict(marker="os^vDP*Xh<>p"[i % 12], linestyle=["-", "--", ":", "-."][i % 4])
+
+
+# The paper's char_acc at L=10 (budget 24, d=384), where it gives a number ("solved" = 1.0).
+PAPER_CHAR_ACC = {
+    "addition": {"dense": 0.799, "iter": 0.544, "iter_step": 0.558, "ut": 0.658, "dual_ut": 0.835,
+                 "nested_ut": 0.14, "ar_trm": 0.125},
+    "copy": {"dense": 1.0, "iter": 1.0, "iter_step": 1.0, "ut": 1.0, "dual_ut": 1.0, "ar_trm": 0.110},
+    "reverse": {"dense": 1.0, "iter": 1.0, "iter_step": 1.0, "ut": 1.0, "dual_ut": 1.0, "ar_trm": 0.100},
+}
+
+
 def save(fig, path):
     train.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     print(f"wrote {path}")
@@ -547,25 +561,61 @@ def plot(records, out_dir):
         if not rs:
             continue
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-        for label, group in groups(rs):
+        rows = groups(rs)
+        for i, (label, group) in enumerate(rows):
             acc = mean_pos_acc(group)
+            shift = 0.3 * (i - (len(rows) - 1) / 2) / max(len(rows), 1)  # side by side, so equal lines stay visible
             if acc:
-                ax1.plot(range(1, len(acc) + 1), acc, marker="o", alpha=0.8, label=label)
+                ax1.plot([p + 1 + shift for p in range(len(acc))], acc, alpha=0.8, label=label, **style(i))
             h = group[0]["history"]
             flops = [e["iter"] / group[0]["iters"] * group[0]["executed_train_flops_per_token"]
                      * group[0]["train_tokens"] for e in h]
             acc_h = [statistics.mean(r["history"][i]["char_acc"] for r in group if len(r["history"]) > i)
                      for i in range(len(h))]
-            ax2.plot(flops, acc_h, marker="o", markersize=3, alpha=0.8, label=label)
-        ax1.set(title=f"{task}: accuracy by output position (training length)", xlabel="output position",
+            ax2.plot(flops, acc_h, markersize=4, alpha=0.8, label=label, **style(i))
+        ax1.set(title=f"{task}: accuracy by output position (training length)",
+                xlabel="output position (first digit = 1; models drawn side by side)",
                 ylabel="accuracy (mean over seeds)", ylim=(0, 1.02))
         ax2.set(title=f"{task}: char_acc during training", xlabel="training FLOPs (executed)",
                 ylabel="char_acc at the training length", xscale="log", ylim=(0, 1.02))
+        ax2.tick_params(axis="x", which="minor", labelbottom=False)
         ax1.legend(fontsize=7)
         ax2.legend(fontsize=7)
         fig.tight_layout()
         save(fig, os.path.join(out_dir, f"{task}.png"))
         plt.close(fig)
+    plot_ladder(records, out_dir, plt)
+
+
+def plot_ladder(records, out_dir, plt):
+    """ladder.png: char_acc at the training length of every model on every task, mean and
+    seed spread, with the paper's value (at its own setting) marked beside it."""
+    rs = [r for r in records if r["status"] == "ok"]
+    labels = [label for label, _ in groups(rs)]
+    if not labels:
+        return
+    tasks_here = [t for t in train.TASKS if any(r["task"] == t for r in rs)]
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.1 * len(labels) + 2), 4.5))
+    width = 0.8 / len(tasks_here)
+    for j, task in enumerate(tasks_here):
+        by_label = dict(groups([r for r in rs if r["task"] == task]))
+        xs = [i + (j - (len(tasks_here) - 1) / 2) * width for i in range(len(labels))]
+        accs = [[r["eval"][str(r["n_digits"])]["char_acc"] for r in by_label.get(label, [])] for label in labels]
+        ax.bar(xs, [statistics.mean(a) if a else 0 for a in accs], width, yerr=[mean_std(a)[1] if a else 0 for a in accs],
+               capsize=2, color=["0.25", "0.55", "0.85"][j % 3], edgecolor="black", hatch=["", "//", ".."][j % 3],
+               label=f"{task} (artrm, mean ± std over seeds)")
+        paper = [(x, PAPER_CHAR_ACC[task].get(label)) for x, label in zip(xs, labels)]
+        px = [(x, v) for x, v in paper if v is not None]
+        if px:
+            ax.scatter(*zip(*px), marker="_", s=300, linewidths=2.5, color="C3", zorder=3,
+                       label="paper (L=10, budget 24, d=384)" if j == 0 else None)
+    ax.axhline(0.1, color="grey", linestyle=":", linewidth=1, label="chance (0.10)")
+    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
+    ax.set(title="char_acc of every model at the training length, matched budget", ylabel="char_acc", ylim=(0, 1.1))
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
+    fig.tight_layout()
+    save(fig, os.path.join(out_dir, "ladder.png"))
+    plt.close(fig)
 
 
 def plot_budgets(entries, out_dir):
@@ -583,7 +633,7 @@ def plot_budgets(entries, out_dir):
             accs = [[e["budgets"][str(b)][str(n)]["char_acc"] for e in group if str(b) in e["budgets"]]
                     for b in budgets]
             ax.errorbar(budgets, [statistics.mean(a) for a in accs], yerr=[mean_std(a)[1] for a in accs],
-                        marker="os^vDP*X"[i % 8], linestyle=["-", "--", ":", "-."][i % 4], capsize=3, label=label)
+                        capsize=3, label=label, **style(i))
             ax.axvline(group[0]["train_budget"], color="grey", linewidth=0.5)
         ax.axhline(0.1, color="grey", linestyle=":", linewidth=1)
         ax.set(title=f"{task}: thinking longer at test time (L={n})", xlabel="test budget (block passes per token)",
