@@ -614,11 +614,16 @@ def restore_model(ckpt, path, device):
 # -----------------------------------------------------------------------------
 # Where a number was measured, and a file written whole or not at all.
 
+UMASK = os.umask(0)
+os.umask(UMASK)  # (read without changing it)
+
+
 def atomic_write(path, write):
     """Write a file whole or not at all: into a temporary file of its own (a unique name,
     so that concurrent writers never share one), then renamed over the target."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=os.path.basename(path) + ".", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~UMASK)  # as open() would make it (mkstemp's 0600 would hide records from others)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
