@@ -628,16 +628,22 @@ def plot_budgets(entries, out_dir):
     for ax, task in zip(axes[0], tasks_here):
         es = [e for e in entries if e["task"] == task]
         n = min(int(n) for e in es for b in e["budgets"].values() for n in b)
-        for i, (label, group) in enumerate(budget_groups(es)):
+        rows = budget_groups(es)
+        for i, (label, group) in enumerate(rows):
             budgets = sorted({int(b) for e in group for b in e["budgets"]})
             accs = [[e["budgets"][str(b)][str(n)]["char_acc"] for e in group if str(b) in e["budgets"]]
                     for b in budgets]
-            ax.errorbar(budgets, [statistics.mean(a) for a in accs], yerr=[mean_std(a)[1] for a in accs],
-                        capsize=3, label=label, **style(i))
+            shift = 1.05 ** (i - (len(rows) - 1) / 2)  # side by side, so error bars stay apart
+            ax.errorbar([b * shift for b in budgets], [statistics.mean(a) for a in accs],
+                        yerr=[mean_std(a)[1] for a in accs], capsize=3, alpha=0.85, label=label, **style(i))
             ax.axvline(group[0]["train_budget"], color="grey", linewidth=0.5)
         ax.axhline(0.1, color="grey", linestyle=":", linewidth=1)
-        ax.set(title=f"{task}: thinking longer at test time (L={n})", xlabel="test budget (block passes per token)",
+        ax.set(title=f"{task}: thinking longer at test time (L={n})",
+               xlabel="test budget (block passes per token; grey line: trained at)",
                ylabel="char_acc (mean ± std over seeds)", xscale="log", ylim=(0, 1.02))
+        ticks = sorted({int(b) for e in es for b in e["budgets"]})
+        ax.set_xticks(ticks, [str(b) for b in ticks])
+        ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
         ax.legend(fontsize=7)
     fig.tight_layout()
     save(fig, os.path.join(out_dir, "test_budgets.png"))
