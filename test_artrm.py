@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -952,3 +953,35 @@ def test_report_over_an_experiment_of_several_grids_keeps_their_rows_apart(tmp_p
     out = capsys.readouterr().out
     assert "\niter budget=6 " in out and "\niter budget=12 " in out
     assert len(results(tmp_path)) == 2
+
+
+# -----------------------------------------------------------------------------
+# The committed records and the README cannot drift apart
+
+
+def readme_row(heading, first_cell):
+    """The cells of the README table row that starts with first_cell, in the section under heading."""
+    text = open(os.path.join(HERE, "README.md")).read().split(heading, 1)[1]
+    line = next(l for l in text.splitlines() if l.startswith(f"| {first_cell} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_the_readme_laptop_table_is_what_the_committed_records_say(tmp_path, capsys):
+    out_dir = str(tmp_path / "laptop")  # a copy: the test writes the views, never into the repository
+    shutil.copytree(os.path.join(HERE, "results", "laptop"), out_dir, ignore=shutil.ignore_patterns("ckpt.pt"))
+    assert train.main(["--report", "--out_dir", out_dir]) == 0  # the report over the records runs...
+    assert open(os.path.join(out_dir, "results.md")).read() == \
+        open(os.path.join(HERE, "results", "laptop", "results.md")).read()  # and rebuilds the committed view
+    capsys.readouterr()
+    records = grid.read_records(out_dir)
+    assert len(records) == 63 and all(r["status"] == "ok" for r in records.values())
+    for rung in RUNGS:  # ... and gives the README's numbers
+        row = readme_row("## Results: the laptop reproduction", rung)
+        for task, cell in (("copy", 1), ("reverse", 3), ("addition", 5)):
+            runs = [r for r in records.values() if r["task"] == task and r["name"] == rung]
+            assert row[cell] == grid.pm(r["eval"]["6"]["char_acc"] for r in runs), (rung, task)
+    budgets = {(e["name"], b): [x["budgets"][b]["6"]["char_acc"] for x in grid.read_test_budgets(out_dir)
+                                if x["name"] == e["name"]]
+               for e in grid.read_test_budgets(out_dir) for b in e["budgets"]}
+    row = readme_row("### Thinking longer at test time", "ut")
+    assert row[3].startswith(grid.pm(budgets[("ut", "12")]))
