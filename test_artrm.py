@@ -735,6 +735,11 @@ def test_the_same_command_again_skips_the_finished_run_and_keeps_one_record(tmp_
     assert "is finished in" in capsys.readouterr().out
     assert snapshot(tmp_path)["copy_dense_s1337/record.json"] == first["copy_dense_s1337/record.json"]
     assert len(results(tmp_path)) == 1
+    path = tmp_path / "copy_dense_s1337" / "record.json"  # a record from before a knob existed: its default
+    rec = json.loads(path.read_text())
+    del rec["config"]["eval_budgets"], rec["config"]["step_extend"]
+    path.write_text(json.dumps(rec))
+    assert run_main(tmp_path, *flags) == 0 and "is finished in" in capsys.readouterr().out
 
 
 def test_resume_may_extend_a_run_and_the_record_says_so(tmp_path):

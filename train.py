@@ -124,16 +124,9 @@ def parse_args(argv=None):
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.models = expand(args.model, RUNGS, "model")
     args.tasks = expand(args.task, TASKS, "task")
-    try:
-        args.eval_lengths = [int(s) for s in str(args.eval_lengths).split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--eval_lengths takes a comma list of whole numbers, got {args.eval_lengths!r}") from None
+    args.eval_lengths, args.eval_budgets = int_list(args.eval_lengths, "eval_lengths"), int_list(args.eval_budgets, "eval_budgets")
     if not args.eval_lengths:
         raise UserError("--eval_lengths names no length")
-    try:
-        args.eval_budgets = [int(s) for s in str(args.eval_budgets).split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--eval_budgets takes a comma list of whole numbers, got {args.eval_budgets!r}") from None
     try:
         k, n = (int(v) for v in args.shard.split("/")) if args.shard else (0, 1)
         assert 0 <= k < n
@@ -141,6 +134,13 @@ def parse_args(argv=None):
         raise UserError(f"--shard takes K/N with 0 <= K < N (e.g. 0/8), got {args.shard!r}") from None
     args.shard_k, args.shard_n = k, n
     return args
+
+
+def int_list(value, flag):
+    try:
+        return [int(s) for s in str(value).split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--{flag} takes a comma list of whole numbers, got {value!r}") from None
 
 
 EXTENSIONS = ("full_grad", "deep_supervision", "halt_loss")  # a model name may carry them: ar_trm+full_grad
@@ -362,7 +362,8 @@ RESUMABLE = ("max_iters", "eval_lengths", "eval_examples", "eval_interval", "log
 def setting_changes(old, new):
     """{setting: [old, new]} for the settings new gives another value than old. A setting
     missing from an older record had its default then (new knobs default to old behaviour)."""
-    return {k: [old.get(k, DEFAULTS.get(k)), v] for k, v in new.items() if old.get(k, DEFAULTS.get(k)) != v}
+    default = run_config(parse_args([]))
+    return {k: [old.get(k, default.get(k)), v] for k, v in new.items() if old.get(k, default.get(k)) != v}
 
 
 def check_same_run(changes, where, resume_hint):
