@@ -990,3 +990,19 @@ def test_the_readme_laptop_table_is_what_the_committed_records_say(tmp_path, cap
                for e in grid.read_test_budgets(out_dir) for b in e["budgets"]}
     row = readme_row("### Thinking longer at test time", "ut")
     assert row[3].startswith(grid.pm(budgets[("ut", "12")]))
+
+
+def test_ctrl_c_in_the_final_evaluation_is_one_line_and_the_checkpoint_stays(tmp_path, monkeypatch, capsys):
+    real = train.evaluate
+
+    def interrupted_at_the_end(model, task, lengths, *a, **k):
+        if lengths == [3, 4]:  # the final evaluation (training evaluates at L=3 only)
+            raise KeyboardInterrupt
+        return real(model, task, lengths, *a, **k)
+
+    monkeypatch.setattr(train, "evaluate", interrupted_at_the_end)
+    assert run_main(tmp_path, "--model", "iter", "--task", "copy", "--max_iters", "5") == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "final evaluation" in err and "--resume" in err
+    assert torch.load(tmp_path / "copy_iter_s1337" / "ckpt.pt", weights_only=True)["iter"] == 5
+    assert not (tmp_path / "copy_iter_s1337" / "record.json").exists()
