@@ -18,6 +18,7 @@ import json
 import multiprocessing as mp
 import os
 import queue
+import re
 import shlex
 import statistics
 import sys
@@ -378,7 +379,8 @@ def groups(records):
     """[(row label, records)] in ladder order."""
     label = row_keys(records)
     rows = {}
-    for r in sorted(records, key=lambda r: (order_key(name_of(r)), label[id(r)], r["seed"])):
+    natural = lambda text: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", text)]  # budget=2 before 12
+    for r in sorted(records, key=lambda r: (order_key(name_of(r)), natural(label[id(r)]), r["seed"])):
         rows.setdefault(label[id(r)], []).append(r)
     return list(rows.items())
 
