@@ -597,7 +597,7 @@ def plot_ladder(records, out_dir, plt):
     if not labels:
         return
     tasks_here = [t for t in train.TASKS if any(r["task"] == t for r in rs)]
-    fig, ax = plt.subplots(figsize=(max(8.0, 1.1 * len(labels) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.4 * len(labels) + 2), 4.8))
     width = 0.8 / len(tasks_here)
     for j, task in enumerate(tasks_here):
         by_label = dict(groups([r for r in rs if r["task"] == task]))
@@ -612,9 +612,10 @@ def plot_ladder(records, out_dir, plt):
             ax.scatter(*zip(*px), marker="_", s=300, linewidths=2.5, color="C3", zorder=3,
                        label="paper (L=10, budget 24, d=384)" if j == 0 else None)
     ax.axhline(0.1, color="grey", linestyle=":", linewidth=1, label="chance (0.10)")
-    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
-    ax.set(title="char_acc of every model at the training length, matched budget", ylabel="char_acc", ylim=(0, 1.1))
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
+    ax.set_xticks(range(len(labels)), [label.replace(" ", "\n") for label in labels], fontsize=8)
+    ax.set_title("char_acc of every model at the training length", pad=36)
+    ax.set(ylabel="char_acc", ylim=(0, 1.1))
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
     fig.tight_layout()
     save(fig, os.path.join(out_dir, "ladder.png"))
     plt.close(fig)
