@@ -136,6 +136,10 @@ def bench(args, device, profile=False, repeats=5):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(argv):
+        print(__doc__.strip() + "\n\n--profile  also print torch.profiler's table of one training step\n"
+              "Every other flag is train.py's: python train.py -h")
+        return 0
     profile = "--profile" in argv
     try:
         args = train.parse_args([a for a in argv if a != "--profile"])
