@@ -587,6 +587,32 @@ def plot(records, out_dir):
         save(fig, os.path.join(out_dir, f"{task}.png"))
         plt.close(fig)
     plot_ladder(records, out_dir, plt)
+    plot_flops(records, out_dir, plt)
+
+
+def plot_flops(records, out_dir, plt):
+    """flops.png: char_acc at the training length against the training FLOPs each model
+    spent (executed, whole run), mean and seed spread on both axes, one panel per task."""
+    rs = [r for r in records if r["status"] == "ok"]
+    tasks_here = [t for t in train.TASKS if any(r["task"] == t for r in rs)]
+    if not tasks_here:
+        return
+    fig, axes = plt.subplots(1, len(tasks_here), figsize=(5.5 * len(tasks_here), 4.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks_here):
+        for i, (label, group) in enumerate(groups([r for r in rs if r["task"] == task])):
+            flops = [r["executed_train_flops_per_token"] * r["train_tokens"] for r in group]
+            acc = [r["eval"][str(r["n_digits"])]["char_acc"] for r in group]
+            ax.errorbar(statistics.mean(flops), statistics.mean(acc), xerr=mean_std(flops)[1], yerr=mean_std(acc)[1],
+                        capsize=3, markersize=7, label=label, **{**style(i), "linestyle": "none"})
+        ax.axhline(0.1, color="grey", linestyle=":", linewidth=1)
+        ax.set(title=f"{task}: accuracy against training compute", xlabel="training FLOPs spent (executed, whole run)",
+               ylabel="char_acc at the training length", ylim=(0, 1.05))
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.04 * ((len(labels) - 1) // 5), 1, 1))
+    save(fig, os.path.join(out_dir, "flops.png"))
+    plt.close(fig)
 
 
 def plot_ladder(records, out_dir, plt):
