@@ -578,9 +578,9 @@ def plot(records, out_dir):
         ax1.set(title=f"{task}: accuracy by output position (training length)",
                 xlabel="output position (first digit = 1; models drawn side by side)",
                 ylabel="accuracy (mean over seeds)", ylim=(0, 1.02))
-        ax2.set(title=f"{task}: char_acc during training", xlabel="training FLOPs (executed)",
-                ylabel="char_acc at the training length", xscale="log", ylim=(0, 1.02))
-        ax2.tick_params(axis="x", which="minor", labelbottom=False)
+        ax2.set(title=f"{task}: char_acc during training", xlabel="training FLOPs spent so far (executed)",
+                ylabel="char_acc at the training length", ylim=(0, 1.02))
+        ax2.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
         ax1.legend(fontsize=7)
         ax2.legend(fontsize=7)
         fig.tight_layout()
