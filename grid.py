@@ -27,7 +27,7 @@ import time
 import torch
 
 import train
-from artrm import RUNGS
+from artrm import RUNGS, Config, Model
 from train import UserError, fmt_time, run_name
 
 # -----------------------------------------------------------------------------
@@ -304,6 +304,44 @@ def summary(record):
     return (f"{name}: char_acc {ev.get('char_acc', float('nan')):.3f} seq_acc {ev.get('seq_acc', float('nan')):.3f} "
             f"at L={L} | loss {record['final_loss']:.3f} | passes {record['executed_block_passes_train']:.1f}/"
             f"{record['block_passes']} | {fmt_time(record['wall_s'])}")
+
+# -----------------------------------------------------------------------------
+# --eval_only: saved checkpoints of a grid, evaluated again (at new lengths or test budgets).
+
+def eval_only(args, device):
+    """Evaluate saved checkpoints (--ckpt FILE, or each run's own) with their own config."""
+    runs = plan(args)
+    paths = [args.ckpt] if args.ckpt else [os.path.join(args.out_dir, run_name(*run), "ckpt.pt") for run in runs]
+    for path, (task, _, _) in zip(paths, runs):
+        ckpt = train.load_checkpoint(path)
+        task = ckpt.get("task", task)  # a checkpoint knows its task
+        model = restore_model(ckpt, path, device)
+        train.check_fits(task, args.eval_lengths, model.config.block_size, "the checkpoint's block_size")
+        if args.eval_budgets and not model.config.rung.tied:
+            raise UserError(f"{path}: --eval_budgets: dense has no tied depth to extend, its depth is its parameters")
+        for b in args.eval_budgets:
+            if b % model.config.passes_per_step:
+                raise UserError(f"{path}: test budget {b} is impossible for {model.config.model}, which spends "
+                                f"{model.config.passes_per_step} block passes per step")
+        print(f"{path}: {model.config.model} on {task}, iter {ckpt['iter']}")
+        res = train.evaluate(model, task, args.eval_lengths, args.eval_examples, device, args.temperature, show=3)
+        for n, r in res.items():
+            print(f"  L={n}: char_acc {r['char_acc']:.3f} seq_acc {r['seq_acc']:.3f} "
+                  f"pos_acc {' '.join(f'{v:.2f}' for v in r['pos_acc'])}")
+        if args.eval_budgets:
+            train.evaluate_budgets(model, task, ckpt.get("seed"), args, device, path, ckpt["iter"])
+    return 0
+
+
+def restore_model(ckpt, path, device):
+    try:
+        model = Model(Config(**ckpt["config"])).to(device)
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path} was written by an artrm whose model differs from this one "
+                        f"({str(e).splitlines()[0][:160]})") from None
+    return model
+
 
 # -----------------------------------------------------------------------------
 # --report: the tables (and figures) of what is recorded, and what a grid still lacks.

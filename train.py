@@ -577,41 +577,6 @@ def fmt_time(s):
     s = int(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
-def eval_only(args, device):
-    """Evaluate saved checkpoints (--ckpt FILE, or each run's own) with their own config."""
-    runs = [(t, m, s) for t in args.tasks for m in args.models for s in range(args.seed, args.seed + args.seeds)]
-    paths = [args.ckpt] if args.ckpt else [os.path.join(args.out_dir, run_name(*run), "ckpt.pt") for run in runs]
-    for path, (task, _, _) in zip(paths, runs):
-        ckpt = load_checkpoint(path)
-        task = ckpt.get("task", task)  # a checkpoint knows its task
-        model = restore_model(ckpt, path, device)
-        check_fits(task, args.eval_lengths, model.config.block_size, "the checkpoint's block_size")
-        if args.eval_budgets and not model.config.rung.tied:
-            raise UserError(f"{path}: --eval_budgets: dense has no tied depth to extend, its depth is its parameters")
-        for b in args.eval_budgets:
-            if b % model.config.passes_per_step:
-                raise UserError(f"{path}: test budget {b} is impossible for {model.config.model}, which spends "
-                                f"{model.config.passes_per_step} block passes per step")
-        print(f"{path}: {model.config.model} on {task}, iter {ckpt['iter']}")
-        res = evaluate(model, task, args.eval_lengths, args.eval_examples, device, args.temperature, show=3)
-        for n, r in res.items():
-            print(f"  L={n}: char_acc {r['char_acc']:.3f} seq_acc {r['seq_acc']:.3f} "
-                  f"pos_acc {' '.join(f'{v:.2f}' for v in r['pos_acc'])}")
-        if args.eval_budgets:
-            evaluate_budgets(model, task, ckpt.get("seed"), args, device, path, ckpt["iter"])
-    return 0
-
-
-def restore_model(ckpt, path, device):
-    try:
-        model = Model(Config(**ckpt["config"])).to(device)
-        model.load_state_dict(ckpt["model"])
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise UserError(f"{path} was written by an artrm whose model differs from this one "
-                        f"({str(e).splitlines()[0][:160]})") from None
-    return model
-
-
 # -----------------------------------------------------------------------------
 # Where a number was measured, and a file written whole or not at all.
 
@@ -666,9 +631,9 @@ def main(argv=None):
     try:
         args = parse_args(argv)
         validate(args)
+        import grid  # the comparison: one run is a grid of one; --report and --eval_only read a grid's runs
         if args.eval_only:
-            return eval_only(args, get_device(args.device))
-        import grid  # the comparison: one run is a grid of one; --report reads the records of one
+            return grid.eval_only(args, get_device(args.device))
         return grid.report(args) if args.report else grid.compare(args, get_device(args.device))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
