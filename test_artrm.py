@@ -1006,3 +1006,16 @@ def test_ctrl_c_in_the_final_evaluation_is_one_line_and_the_checkpoint_stays(tmp
     assert len(err.splitlines()) == 1 and "final evaluation" in err and "--resume" in err
     assert torch.load(tmp_path / "copy_iter_s1337" / "ckpt.pt", weights_only=True)["iter"] == 5
     assert not (tmp_path / "copy_iter_s1337" / "record.json").exists()
+
+
+@pytest.mark.parametrize("folder,heading", [("open_question", "**Same budget and iterations**"),
+                                            ("open_question_flops", "**Matched training FLOPs**")])
+def test_the_readme_open_question_tables_are_what_the_committed_records_say(folder, heading):
+    records = list(grid.read_records(os.path.join(HERE, "results", folder)).values())
+    names = sorted({r["name"] for r in records})
+    assert len(records) == 9 * len(names) and len(names) >= 8
+    for name in names:
+        row = readme_row(heading, name)
+        for task, cell in (("copy", 3), ("reverse", 4), ("addition", 5)):
+            runs = [r for r in records if r["task"] == task and r["name"] == name]
+            assert row[cell] == grid.pm(r["eval"]["6"]["char_acc"] for r in runs), (folder, name, task)
