@@ -317,12 +317,7 @@ def eval_only(args, device):
         task = ckpt.get("task", task)  # a checkpoint knows its task
         model = restore_model(ckpt, path, device)
         train.check_fits(task, args.eval_lengths, model.config.block_size, "the checkpoint's block_size")
-        if args.eval_budgets and not model.config.rung.tied:
-            raise UserError(f"{path}: --eval_budgets: dense has no tied depth to extend, its depth is its parameters")
-        for b in args.eval_budgets:
-            if b % model.config.passes_per_step:
-                raise UserError(f"{path}: test budget {b} is impossible for {model.config.model}, which spends "
-                                f"{model.config.passes_per_step} block passes per step")
+        train.check_test_budgets(model.config, args.eval_budgets, f"{path}: ")
         print(f"{path}: {model.config.model} on {task}, iter {ckpt['iter']}")
         res = train.evaluate(model, task, args.eval_lengths, args.eval_examples, device, args.temperature, show=3)
         for n, r in res.items():

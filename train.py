@@ -193,17 +193,22 @@ def validate(args):
         check_fits(task, [args.n_digits] + args.eval_lengths, args.block_size, "--block_size")
     if args.step_extend not in ("cycle", "last"):
         raise UserError(f"--step_extend is cycle or last, got {args.step_extend!r}")
-    for b in args.eval_budgets:  # a test budget must suit each rung, as a training budget does
-        for m in args.models:
-            if m.split("+")[0] == "dense":
-                raise UserError("--eval_budgets: dense has no tied depth to extend, its depth is its parameters")
-            try:
-                Config(**{**asdict(model_config(args, m)), "budget": b})
-            except ValueError as e:
-                raise UserError(f"--eval_budgets {b}: {e}") from None
+    for m in args.models:
+        check_test_budgets(model_config(args, m), args.eval_budgets)
     check_writable(args.out_dir)
     if args.compile and get_device(args.device) != "cuda":  # --device auto picks CUDA where there is one
         raise UserError("--compile is offered on CUDA only")
+
+
+def check_test_budgets(config, budgets, where=""):
+    """A test budget must suit the rung, as a training budget does; dense has no tied depth."""
+    if budgets and not config.rung.tied:
+        raise UserError(f"{where}--eval_budgets: dense has no tied depth to extend, its depth is its parameters")
+    for b in budgets:
+        try:
+            Config(**{**asdict(config), "budget": b})
+        except ValueError as e:
+            raise UserError(f"{where}--eval_budgets {b}: {e}") from None
 
 
 def check_writable(out_dir):
