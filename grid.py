@@ -220,7 +220,7 @@ def compare(args, device):
     in_grid = [e for e in read_test_budgets(args.out_dir) if run_name(e["task"], e["name"], e["seed"]) in grid]
     print_budget_tables(in_grid)
     if args.plot:
-        plot(grid.values(), args.out_dir)
+        plot(grid, args.out_dir)
         plot_budgets(in_grid, args.out_dir)
     print(f"\nrecords in {args.out_dir}/<run>/record.json; views {args.out_dir}/results.json and results.md "
           f"({fmt_time(time.time() - t0)} in all)")
@@ -350,9 +350,9 @@ def report(args):
     budgets = read_test_budgets(args.out_dir)
     if names_grid:  # only the grid asked for, and what it lacks
         runs = plan(args)
-        shown = [records[run_name(*r)] for r in runs if run_name(*r) in records]
+        shown = {run_name(*r): records[run_name(*r)] for r in runs if run_name(*r) in records}
         budgets = [e for e in budgets if (e["task"], e["name"], e["seed"]) in set(runs)]
-        print_tables(shown)
+        print_tables(shown.values())
         print_budget_tables(budgets)
         missing = [r for r in runs if records.get(run_name(*r), {}).get("status") != "ok"]
         if missing:
@@ -362,8 +362,8 @@ def report(args):
                 state = "failed" if run_name(task, name, seed) in records else "missing"
                 print(f"  {state}: python train.py {' '.join(rest)} --model {name} --task {task} --seed {seed}")
     else:
-        shown = list(records.values())
-        print_tables(shown)
+        shown = records
+        print_tables(shown.values())
         print_budget_tables(budgets)
     write_views(args.out_dir, records)
     if args.plot:
@@ -408,11 +408,15 @@ def row_keys(records):
     return {id(r): " ".join([name_of(r)] + [f"{k}={r['config'].get(k)}" for k in varying]) for r in records}
 
 
+def natural(text):
+    """Sort key that puts budget=2 before budget=12 and step2 before step10."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", text)]
+
+
 def groups(records):
     """[(row label, records)] in ladder order."""
     label = row_keys(records)
     rows = {}
-    natural = lambda text: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", text)]  # budget=2 before 12
     for r in sorted(records, key=lambda r: (order_key(name_of(r)), natural(label[id(r)]), r["seed"])):
         rows.setdefault(label[id(r)], []).append(r)
     return list(rows.items())
@@ -586,11 +590,12 @@ def save(fig, path):
     train.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     print(f"wrote {path}")
 
-def plot(records, out_dir):
+def plot(experiment, out_dir):
+    """The figures of {run directory relative to out_dir: record}."""
     plt = pyplot()
     if plt is None:
         return
-    records = list(records)
+    records = list(experiment.values())
     for task in train.TASKS:
         rs = [r for r in records if r["task"] == task and r["status"] == "ok"]
         if not rs:
@@ -621,6 +626,7 @@ def plot(records, out_dir):
         plt.close(fig)
     plot_ladder(records, out_dir, plt)
     plot_flops(records, out_dir, plt)
+    plot_sweep(experiment, out_dir, plt)
 
 
 def plot_flops(records, out_dir, plt):
@@ -677,6 +683,61 @@ def plot_ladder(records, out_dir, plt):
     ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
     fig.tight_layout()
     save(fig, os.path.join(out_dir, "ladder.png"))
+    plt.close(fig)
+
+
+def sweep(records):
+    """The data of sweep.png, for an experiment kept as one folder per step under out_dir
+    ({run directory relative to out_dir: record}, as read_records gives): the folders in
+    natural order, each with the settings it changes from the folder before, and per task
+    {model: [[char_acc at the training length, one per seed] per folder]}."""
+    by_folder = {}
+    for path, r in records.items():
+        if r["status"] == "ok" and os.sep in path:
+            by_folder.setdefault(path.split(os.sep)[0], []).append(r)
+    folders, before = [], {}
+    for folder in sorted(by_folder, key=natural):
+        configs = [r["config"] for r in by_folder[folder]]
+        shared = {k: v for k, v in configs[0].items() if k not in EVALUATION and all(c.get(k) == v for c in configs)}
+        folders.append((folder, " ".join(f"{k}={v}" for k, v in shared.items() if before and before.get(k) != v)))
+        before = shared
+    acc = {}
+    for i, (folder, _) in enumerate(folders):
+        for r in by_folder[folder]:
+            acc.setdefault(r["task"], {}).setdefault(name_of(r), [[] for _ in folders])[i].append(
+                r["eval"][str(r["n_digits"])]["char_acc"])
+    return folders, acc
+
+
+def plot_sweep(records, out_dir, plt):
+    """sweep.png: char_acc at the training length of each model along the experiment's
+    folders (one step each), mean and seed spread, with the paper's value (at its own setting) last."""
+    folders, acc = sweep(records)
+    if len(folders) < 2:
+        return
+    tasks_here = [t for t in train.TASKS if t in acc]
+    fig, axes = plt.subplots(1, len(tasks_here), figsize=(max(7.0, 1.5 * len(folders) + 3) * len(tasks_here), 5.2),
+                             squeeze=False)
+    for ax, task in zip(axes[0], tasks_here):
+        names = sorted(acc[task], key=order_key)
+        for i, name in enumerate(names):
+            shift = 0.07 * (i - (len(names) - 1) / 2)  # side by side, so error bars stay apart
+            xs, accs = zip(*[(x + shift, a) for x, a in enumerate(acc[task][name]) if a])
+            seeds = sorted({len(a) for a in accs})
+            bars = ax.errorbar(xs, [statistics.mean(a) for a in accs], yerr=[mean_std(a)[1] for a in accs],
+                               capsize=3, alpha=0.85, label=f"{name} ({'-'.join(map(str, seeds[::len(seeds) - 1 or 1]))} seeds)", **style(i))
+            if (paper := PAPER_CHAR_ACC.get(task, {}).get(name)) is not None:
+                ax.plot(len(folders) + shift, paper, color=bars[0].get_color(), markersize=8,
+                        **{**style(i), "linestyle": "none"})
+        ax.axvline(len(folders) - 0.5, color="grey", linestyle="--", linewidth=1)
+        ax.axhline(0.1, color="grey", linestyle=":", linewidth=1)
+        ticks = [f"{folder}\n" + changes.replace(" ", "\n") for folder, changes in folders]
+        ax.set_xticks(range(len(folders) + 1), ticks + ["the paper\n(its setting: L=10,\nbudget 24, d=384,\ndropout 0.1,\n5000 iters)"], fontsize=8)
+        ax.set(title=f"{task}: each step changes what its label says (cumulatively)",
+               ylabel="char_acc at the training length\n(mean ± std over seeds)", ylim=(0, 1.05))
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    save(fig, os.path.join(out_dir, "sweep.png"))
     plt.close(fig)
 
 

@@ -1,6 +1,7 @@
 """Tests of the ladder's defining properties, the task data and the training driver.
 CPU only, small models: the whole file runs in well under a minute."""
 
+import importlib.util
 import json
 import math
 import os
@@ -958,6 +959,14 @@ def test_report_over_an_experiment_of_several_grids_keeps_their_rows_apart(tmp_p
     out = capsys.readouterr().out
     assert "\niter budget=6 " in out and "\niter budget=12 " in out
     assert len(results(tmp_path)) == 2
+    records = grid.read_records(str(tmp_path))  # sweep.png's data: folders in order, what each changes
+    folders, acc = grid.sweep(records)
+    assert folders == [("b6", ""), ("b12", "budget=12")]
+    assert acc == {"copy": {"iter": [[records[os.path.join(b, "copy_iter_s1337")]["eval"]["3"]["char_acc"]]
+                                     for b in ("b6", "b12")]}}
+    if importlib.util.find_spec("matplotlib"):
+        assert train.main(["--report", "--plot", "--out_dir", str(tmp_path)]) == 0
+        assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
 
 # -----------------------------------------------------------------------------
