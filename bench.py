@@ -72,10 +72,16 @@ def bench(args, device, profile=False, repeats=5):
     step_s, mm_s = statistics.median(step_times), statistics.median(mm_times)
     executed = float(torch.stack(steps).mean())  # over the warm-up and timed steps only
     train_flops = model.compute_stats(T, steps=executed)["train_flops_per_token"] * B * T / step_s
+    ops = None
     if profile:  # where a step's time goes, kernel by kernel
         with torch.profiler.profile() as prof:
             train_step()
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        # The ops that do the work (no aten op below them): on a GPU each is a kernel launch,
+        # so a small model's step costs at least ops x the launch overhead, whatever its FLOPs.
+        ops = sum(e.name.startswith("aten::") and not any(c.name.startswith("aten::") for c in e.cpu_children)
+                  for e in prof.events())
+        print(f"ops: {ops:,} aten ops per training step; the timed step is {step_s / ops * 1e6:.1f} µs per op")
 
     # Evaluation: greedy decoding of the same examples, batched and one at a time. Their
     # forward FLOPs are counted in the warm-up run (the steps each forward's loop ran), so
@@ -103,7 +109,7 @@ def bench(args, device, profile=False, repeats=5):
     single_s = timed(single, device, repeats=3, warmup=0)
     out = {
         "train_step_s": step_s, "train_tokens_per_s": B * T / step_s, "train_flops_per_s": train_flops,
-        "executed_block_passes": executed * config.passes_per_step,
+        "executed_block_passes": executed * config.passes_per_step, "ops_per_step": ops,
         "matmul_flops_per_s": mm_flops / mm_s,
         "eval_batched_per_s": len(ex) / batched_s, "eval_single_per_s": n_single / single_s,
         "eval_batched_flops_per_s": batched_flops / batched_s,
@@ -144,7 +150,12 @@ def main(argv=None):
     try:
         args = train.parse_args([a for a in argv if a != "--profile"])
         train.validate(args)
-        return bench(args, train.get_device(args.device), profile)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(args.threads or threads)  # --threads, as a run of the grid would get
+        try:
+            return bench(args, train.get_device(args.device), profile)
+        finally:
+            torch.set_num_threads(threads)
     except train.UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -751,6 +751,23 @@ def test_resume_may_extend_a_run_and_the_record_says_so(tmp_path):
     assert rec["resumed"] == [{"iter": 2, "changed": {"max_iters": [2, 4]}}]
 
 
+THREADS = torch.get_num_threads()
+
+
+def test_bench_counts_the_ops_of_a_step_which_grow_with_the_passes(tmp_path, capsys):
+    ops = {}  # the count the GPU estimate in the README rests on: one launch per op per pass
+    for budget in ("6", "12"):
+        assert bench.main(TINY + ["--out_dir", str(tmp_path), "--profile", "--model", "dense", "--task", "copy",
+                                  "--budget", budget, "--threads", "1"]) == 0
+        with open(tmp_path / "bench.json") as f:
+            b = json.load(f)
+        ops[budget] = b["ops_per_step"]
+        assert "(1 threads)" in b["hardware"] and torch.get_num_threads() == THREADS  # --threads, then restored
+    per_pass = (ops["12"] - ops["6"]) / 6
+    assert 20 < per_pass and ops["6"] > 6 * per_pass  # forward + backward + AdamW of a block: tens of ops per pass
+    capsys.readouterr()
+
+
 def test_help_describes_every_knob_once(capsys):
     with pytest.raises(SystemExit):
         train.main(["-h"])
@@ -772,6 +789,7 @@ def test_bench_prints_its_ratios_and_writes_them(tmp_path, capsys):
         assert b[key] > 0, key
     assert b["matmul_fraction"] == pytest.approx(b["train_flops_per_s"] / b["matmul_flops_per_s"])
     assert b["eval_speedup"] == pytest.approx(b["eval_batched_per_s"] / b["eval_single_per_s"])
+    assert f"ops: {b['ops_per_step']:,} aten ops per training step" in out
     # halting rungs are credited with the FLOPs they executed, not the budget's ceiling
     config = Config(**{**{k: v for k, v in vars(train.parse_args(TINY)).items()
                           if k in Config.__dataclass_fields__}, "model": "nested_ut"})
@@ -1028,3 +1046,4 @@ def test_the_readme_open_question_tables_are_what_the_committed_records_say(fold
         for task, cell in (("copy", 3), ("reverse", 4), ("addition", 5)):
             runs = [r for r in records if r["task"] == task and r["name"] == name]
             assert row[cell] == grid.pm(r["eval"]["6"]["char_acc"] for r in runs), (folder, name, task)
+
