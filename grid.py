@@ -428,11 +428,12 @@ def mean_std(values):
 
 
 def pm(values, digits=3):
+    """mean±std; one value alone has no spread to show (not ±0)."""
     values = list(values)
     if not values:
         return ""
     m, s = mean_std(values)
-    return f"{m:.{digits}f}±{s:.{digits}f}"
+    return f"{m:.{digits}f}" + (f"±{s:.{digits}f}" if len(values) > 1 else "")
 
 
 def quarters(pos_acc):

@@ -528,7 +528,7 @@ def test_mean_and_std_over_seeds():
     assert m == pytest.approx(0.7) and s == pytest.approx(0.2)  # sample std (n-1)
     assert grid.mean_std([0.25]) == (0.25, 0.0)
     assert grid.pm([1.0, 0.0]) == "0.500±0.707"
-    assert grid.quarters([1, 1, 0.5, 0.5, 0, 0, 0, 1]) == [1, 0.5, 0, 0.5]
+    assert grid.pm([1.0, 0.0]) == "0.500±0.707" and grid.pm([0.25]) == "0.250"  # one seed: no spread shown
 
 
 def test_nan_stops_the_run_naming_the_iteration_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
