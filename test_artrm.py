@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -527,8 +528,8 @@ def test_mean_and_std_over_seeds():
     m, s = grid.mean_std([0.5, 0.7, 0.9])
     assert m == pytest.approx(0.7) and s == pytest.approx(0.2)  # sample std (n-1)
     assert grid.mean_std([0.25]) == (0.25, 0.0)
-    assert grid.pm([1.0, 0.0]) == "0.500±0.707"
     assert grid.pm([1.0, 0.0]) == "0.500±0.707" and grid.pm([0.25]) == "0.250"  # one seed: no spread shown
+    assert grid.quarters([1, 1, 0.5, 0.5, 0, 0, 0, 1]) == [1, 0.5, 0, 0.5]
 
 
 def test_nan_stops_the_run_naming_the_iteration_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
@@ -1047,3 +1048,32 @@ def test_the_readme_open_question_tables_are_what_the_committed_records_say(fold
             runs = [r for r in records if r["task"] == task and r["name"] == name]
             assert row[cell] == grid.pm(r["eval"]["6"]["char_acc"] for r in runs), (folder, name, task)
 
+
+TOWARD_PAPER = "### From the laptop toward the paper's setting"
+
+
+def test_the_readme_steps_toward_the_paper_are_what_the_committed_records_say():
+    out_dir = os.path.join(HERE, "results", "toward_paper")
+    records = grid.read_records(out_dir)
+    folders, acc = grid.sweep(records)
+    assert [f for f, _ in folders][:2] == ["step0_laptop", "step1_budget24"] and folders[1][1] == "budget=24"
+    for name, per_folder in acc["addition"].items():  # the README's table is the records' numbers
+        row = readme_row(TOWARD_PAPER, name)
+        assert row[1:1 + len(folders)] == [grid.pm(a) for a in per_folder], name
+    # ... and its commands are the ones they ran: each recorded run would be skipped as finished
+    block = open(os.path.join(HERE, "README.md")).read().split(TOWARD_PAPER)[1].split("```bash\n")[1].split("```")[0]
+    echo = subprocess.run(["bash", "-c", 'python() { printf "%s\\n" "$*"; }\n' + block],
+                          capture_output=True, text=True, check=True).stdout
+    covered = set()
+    for line in echo.splitlines():
+        args = train.parse_args(shlex.split(line)[1:])
+        if args.report:
+            continue
+        train.validate(args)
+        args.out_dir = os.path.join(HERE, args.out_dir)
+        for run in grid.plan(args):
+            path = os.path.relpath(os.path.join(args.out_dir, train.run_name(*run)), out_dir)
+            if path in records:
+                assert grid.finished(args, run, {train.run_name(*run): records[path]}), path
+                covered.add(path)
+    assert covered == set(records)
