@@ -727,15 +727,17 @@ def plot_sweep(records, out_dir, plt):
             seeds = sorted({len(a) for a in accs})
             bars = ax.errorbar(xs, [statistics.mean(a) for a in accs], yerr=[mean_std(a)[1] for a in accs],
                                capsize=3, alpha=0.85, label=f"{name} ({'-'.join(map(str, seeds[::len(seeds) - 1 or 1]))} seeds)", **style(i))
+            for x, a in zip(xs, accs):  # each seed, so that one outlier is not read as a spread
+                ax.scatter([x] * len(a), a, s=9, color=bars[0].get_color(), alpha=0.5, zorder=3)
             if (paper := PAPER_CHAR_ACC.get(task, {}).get(name)) is not None:
                 ax.plot(len(folders) + shift, paper, color=bars[0].get_color(), markersize=8,
                         **{**style(i), "linestyle": "none"})
         ax.axvline(len(folders) - 0.5, color="grey", linestyle="--", linewidth=1)
-        ax.axhline(0.1, color="grey", linestyle=":", linewidth=1)
+        ax.axhline(0.1, color="grey", linestyle=":", linewidth=1, label="chance (0.10)")
         ticks = [f"{folder}\n" + changes.replace(" ", "\n") for folder, changes in folders]
         ax.set_xticks(range(len(folders) + 1), ticks + ["the paper\n(its setting: L=10,\nbudget 24, d=384,\ndropout 0.1,\n5000 iters)"], fontsize=8)
-        ax.set(title=f"{task}: each step changes what its label says (cumulatively)",
-               ylabel="char_acc at the training length\n(mean ± std over seeds)", ylim=(0, 1.05))
+        ax.set(title=f"{task}: step by step, each keeping the changes before it",
+               ylabel="char_acc at the training length\n(mean ± std over seeds; dots: each seed)", ylim=(0, 1.12))
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     save(fig, os.path.join(out_dir, "sweep.png"))
