@@ -724,9 +724,10 @@ def plot_sweep(records, out_dir, plt):
         for i, name in enumerate(names):
             shift = 0.07 * (i - (len(names) - 1) / 2)  # side by side, so error bars stay apart
             xs, accs = zip(*[(x + shift, a) for x, a in enumerate(acc[task][name]) if a])
-            seeds = sorted({len(a) for a in accs})
+            fewest, most = min(map(len, accs)), max(map(len, accs))
+            seeds = f"{fewest}-{most}" if fewest < most else f"{most}"
             bars = ax.errorbar(xs, [statistics.mean(a) for a in accs], yerr=[mean_std(a)[1] for a in accs],
-                               capsize=3, alpha=0.85, label=f"{name} ({'-'.join(map(str, seeds[::len(seeds) - 1 or 1]))} seeds)", **style(i))
+                               capsize=3, alpha=0.85, label=f"{name} ({seeds} seeds)", **style(i))
             for x, a in zip(xs, accs):  # each seed, so that one outlier is not read as a spread
                 ax.scatter([x] * len(a), a, s=9, color=bars[0].get_color(), alpha=0.5, zorder=3)
             if (paper := PAPER_CHAR_ACC.get(task, {}).get(name)) is not None:
