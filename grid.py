@@ -422,6 +422,11 @@ def groups(records):
     return list(rows.items())
 
 
+def at_training_length(record):
+    """A record's evaluation at the operand length it trained at."""
+    return record["eval"][str(record["n_digits"])]
+
+
 def mean_std(values):
     values = list(values)
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
@@ -475,7 +480,7 @@ def format_table(header, rows, markdown=False):
 
 def mean_pos_acc(runs):
     """Accuracy by output position at each run's training length, averaged over runs ([] if none)."""
-    accs = [r["eval"][str(r["n_digits"])]["pos_acc"] for r in runs
+    accs = [at_training_length(r)["pos_acc"] for r in runs
             if r["status"] == "ok" and str(r["n_digits"]) in r["eval"]]
     return [statistics.mean(v) for v in zip(*accs)] if len({len(a) for a in accs}) == 1 else []
 
@@ -641,7 +646,7 @@ def plot_flops(records, out_dir, plt):
     for ax, task in zip(axes[0], tasks_here):
         for i, (label, group) in enumerate(groups([r for r in rs if r["task"] == task])):
             flops = [r["executed_train_flops_per_token"] * r["train_tokens"] for r in group]
-            acc = [r["eval"][str(r["n_digits"])]["char_acc"] for r in group]
+            acc = [at_training_length(r)["char_acc"] for r in group]
             ax.errorbar(statistics.mean(flops), statistics.mean(acc), xerr=mean_std(flops)[1], yerr=mean_std(acc)[1],
                         capsize=3, markersize=7, label=label, **{**style(i), "linestyle": "none"})
         ax.axhline(0.1, color="grey", linestyle=":", linewidth=1)
@@ -668,7 +673,7 @@ def plot_ladder(records, out_dir, plt):
     for j, task in enumerate(tasks_here):
         by_label = dict(groups([r for r in rs if r["task"] == task]))
         xs = [i + (j - (len(tasks_here) - 1) / 2) * width for i in range(len(labels))]
-        accs = [[r["eval"][str(r["n_digits"])]["char_acc"] for r in by_label.get(label, [])] for label in labels]
+        accs = [[at_training_length(r)["char_acc"] for r in by_label.get(label, [])] for label in labels]
         ax.bar(xs, [statistics.mean(a) if a else 0 for a in accs], width, yerr=[mean_std(a)[1] if a else 0 for a in accs],
                capsize=2, color=["0.25", "0.55", "0.85"][j % 3], edgecolor="black", hatch=["", "//", ".."][j % 3],
                label=f"{task} (artrm, mean ± std over seeds)")
@@ -706,7 +711,7 @@ def sweep(records):
     for i, (folder, _) in enumerate(folders):
         for r in by_folder[folder]:
             acc.setdefault(r["task"], {}).setdefault(name_of(r), [[] for _ in folders])[i].append(
-                r["eval"][str(r["n_digits"])]["char_acc"])
+                at_training_length(r)["char_acc"])
     return folders, acc
 
 
