@@ -1,28 +1,28 @@
 """
-Train one rung of the ladder on one task: settings, data, model, loop, evaluation,
-checkpoint, read top to bottom. Several models, tasks or seeds make a comparison,
-which grid.py runs (in --jobs processes, or one --shard of it per machine).
+Train one rung of the ladder on one task, top to bottom: settings, device, data, model
+(fresh or resumed), evaluation, learning-rate schedule, the loop, the record.
 
-    python train.py --model ar_trm --task reverse          # one run (laptop preset)
-    python train.py --model all --task all --seeds 3 --jobs 2   # the compute-matched comparison
-    python train.py --report --out_dir out                 # tables (and --plot figures) from out's records
-    python train.py --eval_only --model dense --task reverse --eval_lengths 6,8
-    python bench.py --model dense --preset paper           # speed figures for this machine
+    python train.py --model ar_trm --task reverse               # one run, laptop preset
+    python train.py --preset paper --model ut --task addition   # one run at the paper's setting
 
-Every run prints and stores its parameters, block passes per token (the budget and
-what was actually executed), the passes that carry gradient, and training FLOPs.
+A run lives in <out_dir>/<task>_<model>_s<seed>/: train.log, ckpt.pt and, once it has
+ended, record.json. The same command again skips a finished run; --resume continues an
+interrupted one exactly. Many runs, or what is made of their records, are the lab's job,
+and this file hands such a request over unchanged: a comparison (several models, tasks or
+seeds, --jobs, --shard, --plot, --flops_match, --eval_budgets) to grid.py, --report to
+report.py, --eval_only to evaluate.py.
 """
 
 import argparse
-import json
+import contextlib
 import math
 import os
 import platform
 import signal
 import subprocess
 import sys
-import tempfile
 import time
+import traceback
 from dataclasses import asdict, fields
 
 import torch
@@ -30,120 +30,98 @@ import torch
 import artrm
 import tasks
 from artrm import Config, Model, RUNGS
+from records import UserError, atomic_write, read_record, run_name, write_json
 from tasks import TASKS
 
-if __name__ == "__main__":  # grid.py and bench.py import this file as `train`: one module, not two
-    sys.modules["train"] = sys.modules[__name__]
-
 # -----------------------------------------------------------------------------
-# Defaults. The laptop preset is the default; --preset paper is the paper's setting.
-# Any flag given explicitly overrides the preset.
-DEFAULTS = dict(
-    model="ar_trm",        # a rung, a comma list of rungs, or "all"; rung+full_grad etc. adds extensions
-    task="reverse",        # a task, a comma list of tasks, or "all"
-    seed=1337,             # first seed; data stream and init both derive from it
-    seeds=1,               # run seeds seed .. seed+seeds-1
-    budget=12,             # block passes per token per forward (must suit every rung asked for)
-    n_embd=64,             # width d
-    n_head=4,              # attention heads (n_embd must be a multiple of it)
-    dropout=0.0,           # on the attention probabilities and the attention and MLP outputs
-    block_size=64,         # longest input the learned positions cover
-    n_outer=2,             # H, nested rungs
-    n_inner=2,             # L, nested rungs
-    ponder_weight=0.0,     # ACT ponder cost weight (the paper: 0)
-    halt_explore=0.25,     # ar_trm in training: chance a sequence must run a drawn minimum of steps (the paper's)
-    full_grad=False,       # extension: nested rungs backprop through every pass
-    deep_supervision=False,  # extension: loss on y after every step (TRM)
-    halt_loss=False,       # extension: train ar_trm's halting head (TRM)
-    flops_match="",        # a model: each run trains for the FLOPs that model spends in max_iters (ceiling)
-    n_digits=6,            # training operand length L
-    eval_lengths="6,12",   # comma list of operand lengths to evaluate
-    eval_examples=100,     # fixed held-out examples per length
-    eval_budgets="",       # comma list of test-time budgets to evaluate tied rungs at (think longer or shorter)
-    step_extend="cycle",   # step embeddings past the trained steps at a test budget: cycle (the authors') or last
-    eval_interval=250,     # evaluate every this many iters (and at the end)
-    log_interval=50,       # progress line every this many iters
-    max_iters=1500,        # training iterations (one fresh batch each)
-    batch_size=64,
-    lr=3e-3,               # AdamW peak learning rate
-    weight_decay=0.01,
-    warmup_iters=100,      # linear warm-up
-    decay_lr=True,         # cosine decay to lr/10 after warm-up (False: constant, as the paper)
-    grad_clip=1.0,         # clip the gradient norm at this (0: off, as the paper)
-    temperature=0.0,       # evaluation decoding: 0 greedy, 1 samples as the paper's code
-    device="auto",         # auto | cpu | cuda | mps (auto: cuda, then mps, then cpu)
-    compile=False,         # torch.compile the model (CUDA only; off by default)
-    out_dir="out",         # one directory per run (record.json, train.log, ckpt.pt); results.json/.md views
-    ckpt_interval=0,       # also checkpoint every this many iters (0: only at the end)
-    resume=False,          # continue interrupted runs from their checkpoints (finished runs are always skipped)
-    jobs=1,                # worker processes for a comparison's runs (GPU k mod count each, CPU threads shared)
-    threads=0,             # CPU threads per process (0: this machine's threads / jobs)
-    shard="",              # K/N: run only the K-th of N disjoint slices of the run list (job arrays)
-    report=False,          # rebuild the tables, results.json/.md (and --plot figures) from out_dir's records
-    eval_only=False,       # evaluate saved checkpoints, no training
-    ckpt="",               # with --eval_only: a checkpoint file to evaluate, instead of each run's own
-    plot=False,            # write PNG figures (needs matplotlib)
+# Settings: every flag of one run, its default (the laptop preset) and what it does.
+SETTINGS = dict(
+    model=("ar_trm", "the rung; rung+full_grad etc. adds extensions (a list or all: grid.py)"),
+    task=("reverse", "the task (a list or all: grid.py)"),
+    seed=(1337, "data stream and init both derive from it"),
+    budget=(12, "block passes per token per forward (must suit the rung)"),
+    n_embd=(64, "width d"),
+    n_head=(4, "attention heads (n_embd must be a multiple of it)"),
+    dropout=(0.0, "on the attention probabilities and the attention and MLP outputs"),
+    block_size=(64, "longest input the learned positions cover"),
+    n_outer=(2, "H, nested rungs"),
+    n_inner=(2, "L, nested rungs"),
+    ponder_weight=(0.0, "ACT ponder cost weight (the paper: 0)"),
+    halt_explore=(0.25, "ar_trm in training: chance a sequence must run a drawn minimum of steps (the paper's)"),
+    full_grad=(False, "extension: nested rungs backprop through every pass"),
+    deep_supervision=(False, "extension: loss on y after every step (TRM)"),
+    halt_loss=(False, "extension: train ar_trm's halting head (TRM)"),
+    n_digits=(6, "training operand length L"),
+    eval_lengths=("6,12", "comma list of operand lengths to evaluate"),
+    eval_examples=(100, "fixed held-out examples per length"),
+    eval_interval=(250, "evaluate every this many iters (and at the end)"),
+    log_interval=(50, "progress line every this many iters"),
+    max_iters=(1500, "training iterations (one fresh batch each)"),
+    batch_size=(64, "examples per iteration"),
+    lr=(3e-3, "AdamW peak learning rate"),
+    weight_decay=(0.01, "AdamW, on every parameter (as the authors)"),
+    warmup_iters=(100, "linear warm-up"),
+    decay_lr=(True, "cosine decay to lr/10 after warm-up (False: constant, as the paper)"),
+    grad_clip=(1.0, "clip the gradient norm at this (0: off, as the paper)"),
+    temperature=(0.0, "evaluation decoding: 0 greedy, 1 samples as the paper's code"),
+    device=("auto", "auto | cpu | cuda | mps (auto: cuda, then mps, then cpu)"),
+    threads=(0, "CPU threads (0: torch's default)"),
+    compile=(False, "torch.compile the model (CUDA only)"),
+    out_dir=("out", "one directory per run: record.json, train.log, ckpt.pt"),
+    ckpt_interval=(0, "also checkpoint every this many iters (0: only at the end)"),
+    resume=(False, "continue an interrupted run from its checkpoint (a finished run is always skipped)"),
 )
+DEFAULTS = {k: v for k, (v, _) in SETTINGS.items()}
 PRESETS = {
-    "laptop": {},  # the DEFAULTS above: whole ladder x 3 tasks in minutes on 2 CPU cores
+    "laptop": {},  # the defaults above: whole ladder x 3 tasks in minutes on 2 CPU cores
     "paper": dict(budget=24, n_embd=384, n_head=6, dropout=0.1, block_size=180, n_digits=10,
                   eval_lengths="10,20,30,40,50", eval_examples=100, eval_interval=250,
                   max_iters=5000, batch_size=64, lr=3e-4, weight_decay=0.01, warmup_iters=0,
                   decay_lr=False, grad_clip=0.0),
 }
+POSITIVE = ("n_digits", "max_iters", "batch_size", "eval_examples", "eval_interval", "log_interval", "lr")
+NON_NEGATIVE = ("warmup_iters", "weight_decay", "grad_clip", "temperature", "threads", "ckpt_interval")
+# (budget, n_embd, n_head, dropout, ponder_weight, halt_explore, ...: Config checks them)
+RESUMABLE = ("max_iters", "eval_lengths", "eval_examples", "eval_interval", "log_interval", "temperature")
+NOT_THE_RUN = ("model", "task", "seed", "device", "threads", "compile", "out_dir", "ckpt_interval", "resume")
+LAB = {"--report": "report.py", "--eval_only": "evaluate.py"}  # any other flag of the lab: grid.py
+EXTENSIONS = ("full_grad", "deep_supervision", "halt_loss")  # a model name may carry them: ar_trm+full_grad
 EVAL_SEED = 10_000_019  # held-out examples come from their own stream, apart from training's
-HELP = {line.split("=")[0].strip(): line.split("#", 1)[1].strip()
-        for line in open(__file__).read().split("DEFAULTS = dict(")[1].split("\n)")[0].splitlines()
-        if "#" in line and "=" in line}
-
-
-class UserError(Exception):
-    """Bad input: reported as one line, never a traceback."""
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):  # one line, as every other bad input (argparse would add its usage)
-        raise UserError(f"{message} (python train.py -h lists every flag)")
+        raise UserError(f"{message} (python {os.path.basename(self.prog)} -h lists every flag)")
 
 
-def parse_args(argv=None):
-    p = ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser(lab=None):
+    """The flags of one run (and of the lab, where it passes its own: name -> (default, help))."""
+    p = ArgumentParser(prog=sys.argv[0], description=__doc__.split("\n\n")[0].strip(),
+                       epilog=None if lab else "A comparison's flags: python grid.py -h")
     p.add_argument("--preset", choices=sorted(PRESETS), default="laptop", help="named settings (default: laptop)")
-    for k, v in DEFAULTS.items():
+    for k, (v, what) in {**SETTINGS, **(lab or {})}.items():
         paper = f"; paper: {PRESETS['paper'][k]}" if k in PRESETS["paper"] else ""
-        h = f"{HELP.get(k, '')} (default: {v}{paper})"
-        if isinstance(v, bool):
-            p.add_argument(f"--{k}", action=argparse.BooleanOptionalAction, default=None, help=h)
-        else:
-            p.add_argument(f"--{k}", type=type(v), default=None, metavar=type(v).__name__.upper(), help=h)
-    a = p.parse_args(argv)
+        kind = dict(action=argparse.BooleanOptionalAction) if isinstance(v, bool) else \
+            dict(type=type(v), metavar=type(v).__name__.upper())
+        p.add_argument(f"--{k}", default=None, help=f"{what} (default: {v}{paper})", **kind)
+    return p
+
+
+def parse_args(argv=None, lab=None):
+    a = parser(lab).parse_args(argv)
     given = {k: v for k, v in vars(a).items() if v is not None and k != "preset"}
-    args = argparse.Namespace(**{**DEFAULTS, **PRESETS[a.preset], **given, "preset": a.preset})
-    args.given = sorted(given)  # the flags set on the command line (a --report grid is one that names runs)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    args.models = expand(args.model, RUNGS, "model")
-    args.tasks = expand(args.task, TASKS, "task")
-    args.eval_lengths, args.eval_budgets = int_list(args.eval_lengths, "eval_lengths"), int_list(args.eval_budgets, "eval_budgets")
+    defaults = {k: v for k, (v, _) in {**SETTINGS, **(lab or {})}.items()}
+    args = argparse.Namespace(**{**defaults, **PRESETS[a.preset], **given, "preset": a.preset})
+    args.given, args.argv = sorted(given), list(sys.argv[1:] if argv is None else argv)
+    args.models, args.tasks = expand(args.model, RUNGS, "model"), expand(args.task, TASKS, "task")
+    try:
+        args.eval_lengths = [int(s) for s in str(args.eval_lengths).split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--eval_lengths takes a comma list of whole numbers, got {args.eval_lengths!r}") from None
     if not args.eval_lengths:
         raise UserError("--eval_lengths names no length")
-    try:
-        k, n = (int(v) for v in args.shard.split("/")) if args.shard else (0, 1)
-        assert 0 <= k < n
-    except (ValueError, AssertionError):
-        raise UserError(f"--shard takes K/N with 0 <= K < N (e.g. 0/8), got {args.shard!r}") from None
-    args.shard_k, args.shard_n = k, n
     return args
-
-
-def int_list(value, flag):
-    try:
-        return [int(s) for s in str(value).split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--{flag} takes a comma list of whole numbers, got {value!r}") from None
-
-
-EXTENSIONS = ("full_grad", "deep_supervision", "halt_loss")  # a model name may carry them: ar_trm+full_grad
 
 
 def expand(value, choices, what):
@@ -158,69 +136,41 @@ def expand(value, choices, what):
     return names
 
 
-def model_name(config):
-    """The model name of a Config: its rung and the extensions it has on, as rung+ext."""
-    return "+".join([config.model] + [e for e in EXTENSIONS if getattr(config, e)])
-
-
 def model_config(args, name):
     """The Config of a model name such as 'ar_trm' or 'ar_trm+full_grad', with the run's settings."""
     rung, *ext = name.split("+")
-    keys = {f.name for f in fields(Config)}
-    settings = {k: v for k, v in vars(args).items() if k in keys}
-    return Config(**{**settings, **{e: True for e in ext}, "model": rung, "vocab_size": len(tasks.VOCAB)})
+    settings = {k: v for k, v in vars(args).items() if k in {f.name for f in fields(Config)}}
+    try:
+        return Config(**{**settings, **{e: True for e in ext}, "model": rung, "vocab_size": len(tasks.VOCAB)})
+    except ValueError as e:
+        raise UserError(f"{name}: {e}") from None
 
 
 def validate(args):
-    """Check everything before any run starts, so bad input never costs a finished run."""
-    for name in ("n_digits", "max_iters", "batch_size", "eval_examples", "seeds", "eval_interval", "log_interval",
-                 "jobs", "lr"):
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name} must be positive, got {getattr(args, name)}")
-    for name in ("warmup_iters", "weight_decay", "grad_clip", "temperature", "threads", "ckpt_interval"):
-        if getattr(args, name) < 0:
-            raise UserError(f"--{name} must be zero or positive, got {getattr(args, name)}")
+    """Check every setting before any work, so that bad input never costs a run or a file."""
+    for k, v in vars(args).items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise UserError(f"--{k} must be a finite number, got {v}")
+    for k in POSITIVE + NON_NEGATIVE:
+        if getattr(args, k) < 0 or (getattr(args, k) == 0 and k in POSITIVE):
+            raise UserError(f"--{k} must be {'positive' if k in POSITIVE else 'zero or positive'}, got {getattr(args, k)}")
     if any(n <= 0 for n in args.eval_lengths):
         raise UserError(f"--eval_lengths must be positive, got {args.eval_lengths}")
-    if args.flops_match:
-        expand(args.flops_match, RUNGS, "model")
-    for m in args.models + ([args.flops_match] if args.flops_match else []):
-        try:
-            model_config(args, m)
-        except ValueError as e:
-            raise UserError(f"{m}: {e}") from None
+    for m in args.models:
+        model_config(args, m)
     for task in args.tasks:
         check_fits(task, [args.n_digits] + args.eval_lengths, args.block_size, "--block_size")
-    if args.step_extend not in ("cycle", "last"):
-        raise UserError(f"--step_extend is cycle or last, got {args.step_extend!r}")
-    for m in args.models:
-        check_test_budgets(model_config(args, m), args.eval_budgets)
-    check_writable(args.out_dir)
-    if args.compile and get_device(args.device) != "cuda":  # --device auto picks CUDA where there is one
-        raise UserError("--compile is offered on CUDA only")
-
-
-def check_test_budgets(config, budgets, where=""):
-    """A test budget must suit the rung, as a training budget does; dense has no tied depth."""
-    if budgets and not config.rung.tied:
-        raise UserError(f"{where}--eval_budgets: dense has no tied depth to extend, its depth is its parameters")
-    for b in budgets:
-        try:
-            Config(**{**asdict(config), "budget": b})
-        except ValueError as e:
-            raise UserError(f"{where}--eval_budgets {b}: {e}") from None
-
-
-def check_writable(out_dir):
-    if not out_dir.strip():
+    if not args.out_dir.strip():
         raise UserError("--out_dir is empty")
-    existing = os.path.abspath(out_dir)
+    existing = os.path.abspath(args.out_dir)
     while not os.path.exists(existing):  # the nearest part of the path that exists must be a writable directory
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        raise UserError(f"--out_dir {out_dir}: {existing} is a file, not a directory")
+        raise UserError(f"--out_dir {args.out_dir}: {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"--out_dir {out_dir}: {existing} is not writable")
+        raise UserError(f"--out_dir {args.out_dir}: {existing} is not writable")
+    if get_device(args.device) != "cuda" and args.compile:  # --device auto picks CUDA where there is one
+        raise UserError("--compile is offered on CUDA only")
 
 
 def check_fits(task, lengths, block_size, whose):
@@ -229,19 +179,18 @@ def check_fits(task, lengths, block_size, whose):
             raise UserError(f"{task} at length {n} needs {tasks.seq_len(task, n)} tokens, more than "
                             f"{whose} {block_size}")
 
+# -----------------------------------------------------------------------------
+# Device: CUDA, then Apple MPS, then the CPU; fp32 everywhere.
 
 def get_device(name):
+    mps = getattr(torch.backends, "mps", None)
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": bool(mps and mps.is_available())}
     if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        mps = getattr(torch.backends, "mps", None)
-        return "mps" if mps is not None and mps.is_available() else "cpu"
-    if name not in ("cpu", "cuda", "mps"):
+        return next(d for d in ("cuda", "mps", "cpu") if available[d])
+    if name not in available:
         raise UserError(f"unknown device {name!r}; choose from auto, cpu, cuda, mps")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device cuda is not available on this machine")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError("device mps is not available on this machine")
+    if not available[name]:
+        raise UserError(f"device {name} is not available on this machine")
     return name
 
 
@@ -250,35 +199,6 @@ def sync(device):
         torch.cuda.synchronize()
     elif device == "mps":
         torch.mps.synchronize()
-
-# -----------------------------------------------------------------------------
-# Executed compute: what the halting rungs actually spend (the budget is a ceiling).
-
-class PassMeter:
-    """Counts over a model's forwards, apart for training and evaluation: the mean steps
-    each position was still running (ACT n_updates) and how many forwards exited early
-    because the whole batch had halted. `state` holds plain numbers, for checkpoints."""
-
-    def __init__(self, model, state=None):
-        self.state = state or {"train": [0, 0, 0.0], "eval": [0, 0, 0.0]}  # forwards, early exits, steps
-        model.register_forward_hook(self.hook)
-
-    def reset(self, mode):
-        self.state[mode] = [0, 0, 0.0]
-
-    def hook(self, model, inputs, output):
-        tally = self.state["train" if model.training else "eval"]
-        tally[0] += 1
-        tally[1] += int(model.last_steps.max() < model.last_n_steps)  # a sync, as the readouts do per step
-        tally[2] += float(model.last_steps.mean())
-
-    def mean_steps(self, mode):
-        forwards, _, steps = self.state[mode]
-        return steps / max(forwards, 1)
-
-    def early_fraction(self, mode):
-        forwards, early, _ = self.state[mode]
-        return early / max(forwards, 1)
 
 # -----------------------------------------------------------------------------
 # Evaluation: batched decoding of the answer from the prompt, no teacher forcing.
@@ -290,12 +210,11 @@ def eval_set(task, n_digits, n_examples, device):
 
 @torch.no_grad()
 def evaluate(model, task, lengths, n_examples, device, temperature=0.0, show=0, n_steps=None, extend="cycle"):
-    """Greedy (or sampled) decoding of the fixed examples of each length, in one batch.
-    n_steps: a test-time depth for a tied rung (see Model.forward)."""
+    """Per length: char_acc, seq_acc, accuracy by answer position and the block passes executed
+    per token, greedy (or sampled) on the fixed examples. n_steps: see Model.forward."""
     was_training = model.training
     model.eval()
-    results = {}
-    steps = []  # executed steps per position of every decoding forward
+    results, steps = {}, []  # steps: the executed steps per position of every decoding forward
     hook = model.register_forward_hook(lambda m, i, o: steps.append(m.last_steps.mean()))
     for n in lengths:
         ex = eval_set(task, n, n_examples, device)
@@ -315,34 +234,67 @@ def evaluate(model, task, lengths, n_examples, device, temperature=0.0, show=0, 
     model.train(was_training)
     return results
 
+# -----------------------------------------------------------------------------
+# What out_dir already holds of a run: finished (skipped), a checkpoint to resume, or nothing.
 
-def evaluate_budgets(model, task, seed, args, device, checkpoint, iters):
-    """Evaluate a trained tied rung at each test budget of --eval_budgets, and write what it
-    gave, whole, to test_budgets.json beside the checkpoint (a record of its own, for --report)."""
-    c = model.config
-    budgets = {}
-    for b in args.eval_budgets:
-        budgets[str(b)] = evaluate(model, task, args.eval_lengths, args.eval_examples, device, args.temperature,
-                                   n_steps=b // c.passes_per_step, extend=args.step_extend)
-        at = budgets[str(b)]
-        print(f"test budget {b:3d} (trained at {c.budget}): " + " | ".join(
-            f"L={n} char_acc {r['char_acc']:.3f} seq_acc {r['seq_acc']:.3f} passes {r['passes']:.1f}"
-            for n, r in at.items()))
-    write_json(os.path.join(os.path.dirname(checkpoint), "test_budgets.json"), {
-        "task": task, "name": model_name(c), "model": c.model, "seed": seed, "checkpoint": checkpoint,
-        "iters": iters, "train_budget": c.budget, "extend": args.step_extend, "temperature": args.temperature,
-        "eval_examples": args.eval_examples, "budgets": budgets, "code": code_version()})
-    return budgets
+def run_config(args):
+    """The settings that define a run (not where it is written or how it is driven)."""
+    return {k: v for k, v in vars(args).items() if (k in DEFAULTS or k == "preset") and k not in NOT_THE_RUN}
+
+
+def setting_changes(old, new):
+    """{setting: [old, new]} where new differs from old. A setting an older record lacks
+    had its default then (a new knob defaults to the old behaviour)."""
+    return {k: [old.get(k, DEFAULTS.get(k)), v] for k, v in new.items() if old.get(k, DEFAULTS.get(k)) != v}
+
+
+def check_same_run(changes, where, resume):
+    """Refuse to resume or re-run a run with settings that change what it trains."""
+    defining = {k: v for k, v in changes.items() if k not in RESUMABLE}
+    if defining:
+        said = "; ".join(f"{k} {a!r} there, {b!r} asked" for k, (a, b) in defining.items())
+        raise UserError(f"{where} was trained with other settings ({said}); use another --out_dir for a new run")
+    if changes and not resume:
+        raise UserError(f"{where} differs in {', '.join(changes)}; add --resume to continue it with the new "
+                        f"value(s), or use another --out_dir")
+
+
+def prior(args):
+    """'finished' (the run is skipped), the checkpoint it resumes from, or None (it starts
+    afresh): what args.out_dir holds of the run args asks for, checked before any work."""
+    where = os.path.join(args.out_dir, run_name(args.task, args.model, args.seed))
+    path = os.path.join(where, "ckpt.pt")
+    record = read_record(os.path.join(where, "record.json"))
+    if record and record.get("status") == "ok":
+        changes = setting_changes(record["config"], run_config(args))
+        check_same_run(changes, where, args.resume)
+        if not changes:
+            print(f"{run_name(args.task, args.model, args.seed)} is finished in {where}; skipped")
+            return "finished"
+        if not os.path.exists(path):  # --resume with new values of RESUMABLE settings continues it
+            raise UserError(f"{where} is finished but has no checkpoint to continue from with new "
+                            f"{', '.join(changes)}; use another --out_dir")
+    elif not args.resume:
+        if os.path.exists(path) and record is None:  # interrupted: never start it over silently
+            raise UserError(f"{where} holds the checkpoint of an unfinished run; add --resume to continue it, "
+                            f"or move it away to start over")
+        return None  # a fresh run, or a failed one starting over
+    ckpt = load_checkpoint(path)
+    config = model_config(args, args.model)
+    asked = {**asdict(config), **run_config(args)}
+    check_same_run(setting_changes({**ckpt["config"], **ckpt["settings"]}, asked), path, True)
+    with torch.device("meta"):  # the shapes of this code's model, without building it
+        shapes = {k: v.shape for k, v in Model(config).state_dict().items()}
+    if shapes != {k: v.shape for k, v in ckpt["model"].items()}:
+        raise UserError(f"{path} was written by an artrm whose model differs from this one; use another --out_dir")
+    if args.max_iters < ckpt["iter"]:
+        raise UserError(f"{path} has trained {ckpt['iter']} iterations already, more than --max_iters {args.max_iters}")
+    return ckpt
 
 # -----------------------------------------------------------------------------
-# Checkpoints (and records, and results views) are written with atomic_write, so a kill
-# at any instant leaves the old file or the new one, never a torn one.
+# Checkpoints are written whole or not at all, as records are (records.py).
 
-def save_checkpoint(path, state):
-    atomic_write(path, lambda f: torch.save(state, f))
-
-
-CKPT_KEYS = {"model", "optimizer", "config", "iter", "data_rng", "torch_rng", "history", "wall_s", "passes"}
+CKPT_KEYS = {"model", "optimizer", "config", "settings", "iter", "data_rng", "torch_rng", "history", "wall_s", "passes"}
 
 
 def load_checkpoint(path):
@@ -357,48 +309,6 @@ def load_checkpoint(path):
         raise UserError(f"{path} is a torch file but not an artrm checkpoint (it lacks the model's config)")
     return ckpt
 
-
-# May change when a run resumes: they do not change the weights trained so far. A record
-# whose run resumed with another value of one of them says so under "resumed".
-RESUMABLE = ("max_iters", "eval_lengths", "eval_examples", "eval_interval", "log_interval", "temperature",
-             "eval_budgets", "step_extend")
-
-
-def setting_changes(old, new):
-    """{setting: [old, new]} for the settings new gives another value than old. A setting
-    missing from an older record had its default then (new knobs default to old behaviour)."""
-    default = run_config(parse_args([]))
-    return {k: [old.get(k, default.get(k)), v] for k, v in new.items() if old.get(k, default.get(k)) != v}
-
-
-def check_same_run(changes, where, resume_hint):
-    """Refuse, before any work, to resume or re-run a run with settings that change what it trains."""
-    defining = {k: v for k, v in changes.items() if k not in RESUMABLE}
-    if defining:
-        said = "; ".join(f"{k} {a!r} there, {b!r} asked" for k, (a, b) in defining.items())
-        raise UserError(f"{where} was trained with other settings ({said}); use another --out_dir for a new run")
-    if changes and resume_hint:
-        raise UserError(f"{where} differs in {', '.join(changes)}; add --resume to continue it with the new "
-                        f"value(s), or use another --out_dir")
-
-
-def resume_point(args, task, name, seed):
-    """The checkpoint a run resumes from (None: it starts afresh), checked against the asked settings."""
-    path = os.path.join(args.out_dir, run_name(task, name, seed), "ckpt.pt")
-    if not (args.resume and os.path.exists(path)):
-        return None
-    ckpt = load_checkpoint(path)
-    config = model_config(args, name)
-    asked = {**asdict(config), **(run_config(args) if "settings" in ckpt else {})}
-    check_same_run(setting_changes({**ckpt["config"], **ckpt.get("settings", {})}, asked), path, False)
-    with torch.device("meta"):  # the shapes of this code's model, without building it
-        shapes = {k: v.shape for k, v in Model(config).state_dict().items()}
-    if shapes != {k: v.shape for k, v in ckpt["model"].items()}:
-        raise UserError(f"{path} was written by an artrm whose model differs from this one; use another --out_dir")
-    if args.max_iters < ckpt["iter"]:
-        raise UserError(f"{path} has trained {ckpt['iter']} iterations already, more than --max_iters {args.max_iters}")
-    return ckpt
-
 # -----------------------------------------------------------------------------
 # One run: train one rung on one task with one seed.
 
@@ -411,37 +321,34 @@ def get_lr(it, args):
     return args.lr / 10 + 0.5 * (1 + math.cos(math.pi * ratio)) * (args.lr - args.lr / 10)
 
 
-def run_name(task, model, seed):
-    return f"{task}_{model}_s{seed}"
+class Interrupted(Exception):
+    pass
 
 
-def run_args(args, task, name):
-    """The settings of one run. With --flops_match its iterations come from the ratio of
-    training FLOPs (ceiling) to the reference model's: compute-matched by construction."""
-    if not args.flops_match:
-        return args
-    T = tasks.seq_len(task, args.n_digits)
-    with torch.device("meta"):  # no memory, no init: only the FLOP count is wanted
-        ref, own = (Model(model_config(args, n)).compute_stats(T)["train_flops_per_token"]
-                    for n in (args.flops_match, name))
-    return argparse.Namespace(**{**vars(args), "max_iters": round(args.max_iters * ref / own)})
+def count_passes(model, passes):
+    """Executed compute (a halting rung may stop before its budget): after each forward, in
+    passes["train"] or passes["eval"], [forwards, early exits of the whole batch, mean steps run]."""
+    def count(m, inputs, output):
+        tally = passes["train" if m.training else "eval"]
+        tally[0] += 1
+        tally[1] += int(m.last_steps.max() < m.last_n_steps)  # a sync, as the readouts make per step
+        tally[2] += float(m.last_steps.mean())
+    return model.register_forward_hook(count)
 
 
-def train_run(args, task, name, seed, device):
-    """Train (or resume) one run of model `name` and return its results record."""
-    config = model_config(args, name)
-    T = tasks.seq_len(task, args.n_digits)
-    run_dir = os.path.join(args.out_dir, run_name(task, name, seed))
-    ckpt_path = os.path.join(run_dir, "ckpt.pt")
-    ckpt = resume_point(args, task, name, seed)
-    os.makedirs(run_dir, exist_ok=True)
-
+def train_run(args, device, ckpt=None):
+    """Train the run args asks for (from its checkpoint, if one is given); return its record."""
+    task, name, seed = args.task, args.model, args.seed
+    config, T = model_config(args, name), tasks.seq_len(task, args.n_digits)
+    ckpt_path = os.path.join(args.out_dir, run_name(task, name, seed), "ckpt.pt")
     torch.manual_seed(seed)  # model init and dropout
     model = Model(config).to(device)
     optimizer = model.configure_optimizers(args.lr, args.weight_decay)
     data_gen = torch.Generator(device=device).manual_seed(seed)  # the data stream, apart from init
     stats = model.compute_stats(T)
     it, history, wall, resumed = 0, [], 0.0, []
+    passes = {"train": [0, 0, 0.0], "eval": [0, 0, 0.0]}  # forwards, early exits, sum of mean steps run
+    code = [code_version()]  # the code this run starts on (and, when resumed, each it ran on)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -449,34 +356,35 @@ def train_run(args, task, name, seed, device):
         torch.set_rng_state(ckpt["torch_rng"])
         if device == "cuda" and "cuda_rng" in ckpt:
             torch.cuda.set_rng_state(ckpt["cuda_rng"])
-        it, history, wall, resumed = ckpt["iter"], ckpt["history"], ckpt["wall_s"], ckpt.get("resumed", [])
-        changed = setting_changes(ckpt.get("settings", {}), run_config(args)) if "settings" in ckpt else {}
+        it, history, wall, passes = ckpt["iter"], ckpt["history"], ckpt["wall_s"], ckpt["passes"]
+        resumed, code = ckpt.get("resumed", []), ckpt.get("code", []) + code
+        changed = setting_changes(ckpt["settings"], run_config(args))
         if changed:  # only RESUMABLE ones get here: say in the record what happened
             resumed = resumed + [{"iter": it, "changed": changed}]
-        print(f"resuming {run_dir} from iter {it}" + (f" with new {', '.join(changed)}" if changed else ""))
-    meter = PassMeter(model, ckpt["passes"] if ckpt is not None else None)  # executed passes, train and eval
+        print(f"resuming {ckpt_path} from iter {it}" + (f" with new {', '.join(changed)}" if changed else ""))
+    count_passes(model, passes)
+    mean_steps = lambda mode: passes[mode][2] / max(passes[mode][0], 1)
     fwd = torch.compile(model) if args.compile else model  # the uncompiled model is what we save
-
     print(f"{run_name(task, name, seed)}: {describe(config, stats, T)}, {args.max_iters} iters")
 
     def checkpoint():
-        save_checkpoint(ckpt_path, {
+        atomic_write(ckpt_path, lambda f: torch.save({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": asdict(config),
             "iter": it, "data_rng": data_gen.get_state(), "torch_rng": torch.get_rng_state(),
             **({"cuda_rng": torch.cuda.get_rng_state()} if device == "cuda" else {}),
-            "history": history, "wall_s": wall, "passes": meter.state, "settings": run_config(args),
-            "resumed": resumed, "task": task, "seed": seed, "n_digits": args.n_digits})
+            "history": history, "wall_s": wall, "passes": passes, "settings": run_config(args),
+            "resumed": resumed, "code": code, "task": task, "seed": seed, "n_digits": args.n_digits}, f))
 
-    # Ctrl-C is taken between iterations, so the checkpoint it writes resumes exactly;
-    # a second Ctrl-C interrupts at once.
+    # A first SIGINT (Ctrl-C) or SIGTERM (kill, a scheduler's time limit) is taken between two
+    # iterations, so the checkpoint it writes resumes exactly; a second one stops at once.
     stop = []
 
-    def on_sigint(signum, frame):
-        if stop:
+    def on_signal(signum, frame):
+        if stop:  # a second signal, or one in the final evaluation (nothing is left to save)
             raise KeyboardInterrupt
-        stop.append(signum)
+        stop.append(signal.Signals(signum).name)
 
-    previous_handler = signal.signal(signal.SIGINT, on_sigint)
+    handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     model.train()
     t_log, tokens_log, loss = time.time(), 0, None
     try:
@@ -501,63 +409,51 @@ def train_run(args, task, name, seed, device):
                 wall += dt
                 mask = targets != artrm.IGNORE_INDEX
                 tok_acc = (logits.argmax(-1)[mask] == targets[mask]).float().mean().item()
-                eta = wall / it * (args.max_iters - it) if it else 0.0
                 print(f"iter {it:05d}/{args.max_iters:05d} ({100 * it / args.max_iters:5.1f}%) | "
                       f"loss {lossf:.4f} | tok_acc {tok_acc:.3f} | passes "
-                      f"{meter.mean_steps('train') * config.passes_per_step:.1f}/{config.budget} | "
-                      f"{tokens_log / dt:,.0f} tok/s | eta {fmt_time(eta)}")
+                      f"{mean_steps('train') * config.passes_per_step:.1f}/{config.budget} | "
+                      f"{tokens_log / dt:,.0f} tok/s | eta {fmt_time(wall / it * (args.max_iters - it))}")
                 t_log, tokens_log = time.time(), 0
             if it % args.eval_interval == 0 or it == args.max_iters:
                 sync(device)
                 t_eval = time.time()
-                ev = evaluate(model, task, [args.n_digits], args.eval_examples, device, args.temperature)
-                r = ev[str(args.n_digits)]
+                r = evaluate(model, task, [args.n_digits], args.eval_examples, device, args.temperature)
+                r = r[str(args.n_digits)]
                 history.append({"iter": it, "loss": lossf, "char_acc": r["char_acc"], "seq_acc": r["seq_acc"],
                                 "last_acc": r["pos_acc"][-1]})
-                print(f"eval iter {it}: L={args.n_digits} char_acc {r['char_acc']:.3f} "
-                      f"seq_acc {r['seq_acc']:.3f}")
+                print(f"eval iter {it}: L={args.n_digits} char_acc {r['char_acc']:.3f} seq_acc {r['seq_acc']:.3f}")
                 t_log += time.time() - t_eval  # evaluation stays out of the training clock
             if args.ckpt_interval and it % args.ckpt_interval == 0 and it < args.max_iters:
                 checkpoint()
-    except KeyboardInterrupt:
-        stop.append("twice")
-    finally:
-        signal.signal(signal.SIGINT, previous_handler)
-    if stop:
-        if stop[-1] != "twice":  # the state is between two iterations: safe to save
-            checkpoint()
-        raise Interrupted(f"interrupted at iter {it}; last checkpoint in {ckpt_path}. Resume with: "
-                          f"{resume_command(args)}")
-    checkpoint()
-
-    meter.reset("eval")  # executed passes of the final evaluation only
-    try:
+        checkpoint()  # at the end, or where a first signal stopped the loop
+        if stop:
+            raise Interrupted(f"interrupted ({stop[0]}) at iter {it}; its checkpoint is in {ckpt_path}. "
+                              f"Resume with: {resume_command(args)}")
+        stop.append("evaluating")
+        passes["eval"] = [0, 0, 0.0]  # executed passes of the final evaluation only
         final = evaluate(model, task, args.eval_lengths, args.eval_examples, device, args.temperature, show=3)
-        if args.eval_budgets:  # thinking longer or shorter at test time, recorded beside the run
-            evaluate_budgets(model, task, seed, args, device, ckpt_path, it)
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted in the final evaluation; the checkpoint at iter {it} is in {ckpt_path}. "
+    except KeyboardInterrupt:  # a second signal: at once, leaving the last checkpoint as it was
+        where = "in the final evaluation" if stop[-1:] == ["evaluating"] else f"twice, at iter {it}"
+        raise Interrupted(f"interrupted {where}; the last checkpoint saved is in {ckpt_path}. "
                           f"Resume with: {resume_command(args)}") from None
-    exec_train = meter.mean_steps("train")
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
     return {
         "model": config.model, "name": name, "task": task, "seed": seed, "budget": config.budget,
-        "n_digits": args.n_digits,
-        "iters": it, **stats,
-        "executed_block_passes_train": exec_train * config.passes_per_step,
-        "executed_block_passes_eval": meter.mean_steps("eval") * config.passes_per_step,
-        "early_exit_fraction_train": meter.early_fraction("train"),
-        "early_exit_fraction_eval": meter.early_fraction("eval"),
-        "executed_train_flops_per_token": model.compute_stats(T, steps=exec_train)["train_flops_per_token"],
+        "n_digits": args.n_digits, "iters": it, **stats,
+        "executed_block_passes_train": mean_steps("train") * config.passes_per_step,
+        "executed_block_passes_eval": mean_steps("eval") * config.passes_per_step,
+        "early_exit_fraction_train": passes["train"][1] / max(passes["train"][0], 1),
+        "early_exit_fraction_eval": passes["eval"][1] / max(passes["eval"][0], 1),
+        "executed_train_flops_per_token": model.compute_stats(T, steps=mean_steps("train"))["train_flops_per_token"],
         "train_tokens": it * args.batch_size * T,
         "wall_s": wall, "final_loss": loss.item() if loss is not None else history[-1]["loss"],
         "eval": final, "history": history, "status": "ok", "resumed": resumed,
         "config": run_config(args), "device": device, "hardware": hardware(device),
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "code": code_version(),
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "code": code[0], **({"code_resumed": code[1:]} if len(set(code)) > 1 else {}),
     }
-
-
-class Interrupted(Exception):
-    pass
 
 
 def resume_command(args):
@@ -570,53 +466,17 @@ def describe(config, stats, T):
             f"{stats['train_flops_per_token'] / 1e6:.1f} MFLOP/token to train (T={T})")
 
 
-def run_config(args):
-    """The settings that define a run (not where it is written or how it is driven)."""
-    skip = {"model", "task", "seed", "seeds", "out_dir", "resume", "eval_only", "ckpt", "plot", "device", "compile",
-            "ckpt_interval", "models", "tasks", "flops_match", "jobs", "threads", "shard", "shard_k", "shard_n",
-            "report", "given", "argv"}
-    return {k: v for k, v in vars(args).items() if k not in skip}
-
-
 def fmt_time(s):
     s = int(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
-# -----------------------------------------------------------------------------
-# Where a number was measured, and a file written whole or not at all.
-
-UMASK = os.umask(0)
-os.umask(UMASK)  # (read without changing it)
-
-
-def atomic_write(path, write):
-    """Write a file whole or not at all: into a temporary file of its own (a unique name,
-    so that concurrent writers never share one), then renamed over the target."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~UMASK)  # as open() would make it (mkstemp's 0600 would hide records from others)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def write_json(path, obj):
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
-
 
 def code_version():
-    """The git commit of this code, '+dirty' if it has uncommitted changes ('unknown' outside git)."""
-    here = os.path.dirname(os.path.abspath(__file__))
+    """The git commit of this code, '+dirty' if its Python files have uncommitted changes."""
+    git = lambda *a: subprocess.run(["git", *a], cwd=HERE, capture_output=True, text=True, timeout=10).stdout
     try:
-        git = lambda *a: subprocess.run(["git", *a], cwd=here, capture_output=True, text=True, timeout=10).stdout
-        commit = git("rev-parse", "--short", "HEAD").strip()
         dirty = git("status", "--porcelain", "--untracked-files=no", "--", "*.py").strip()
-        return (commit + ("+dirty" if dirty else "")) or "unknown"
+        return (git("rev-parse", "--short", "HEAD").strip() + ("+dirty" if dirty else "")) or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -632,20 +492,77 @@ def hardware(device):
     return f"{cpu} ({torch.get_num_threads()} threads)" + (" + Apple MPS" if device == "mps" else "")
 
 
+class Tee:
+    """Output to the console and to the run's train.log at once (line by line: tail -f works)."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text):
+        return [s.write(text) for s in self.streams][0]
+
+    def flush(self):
+        for s in self.streams:
+            s.flush()
+
+
+def lab_for(argv):
+    """The lab's file for a request with any flag of its own (None: one run, or -h)."""
+    flags = {a.split("=")[0] for a in argv if a.startswith("--")}
+    own = {"--preset", "--help"} | {f"--{no}{k}" for k in SETTINGS for no in ("", "no-")}
+    return next((LAB[f] for f in flags if f in LAB), "grid.py" if flags - own else None)
+
+
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parse_args(argv)
+        lab = lab_for(argv)
+        args = None if lab else parse_args(argv)
+        if args and len(args.models) * len(args.tasks) > 1:
+            lab = "grid.py"
+        if lab:  # many runs, or what is made of them: the lab's job, with the very same flags
+            return subprocess.call([sys.executable, os.path.join(HERE, lab), *argv])
+        args.model, args.task = args.models[0], args.tasks[0]
         validate(args)
-        import grid  # the comparison: one run is a grid of one; --report and --eval_only read a grid's runs
-        if args.eval_only:
-            return grid.eval_only(args, get_device(args.device))
-        return grid.report(args) if args.report else grid.compare(args, get_device(args.device))
+        ckpt = prior(args)
+        if ckpt == "finished":
+            return 0
+        device = get_device(args.device)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        run_dir = os.path.join(args.out_dir, run_name(args.task, args.model, args.seed))
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "train.log"), "a", buffering=1) as log, \
+                contextlib.redirect_stdout(Tee(sys.stdout, log)), contextlib.redirect_stderr(Tee(sys.stderr, log)):
+            try:
+                record = train_run(args, device, ckpt)
+            except Interrupted as e:  # the run's log says so too
+                print(e, file=sys.stderr)
+                return 130
+            except Exception as e:  # a diverged (or broken) run is recorded as failed
+                if not isinstance(e, FloatingPointError):
+                    traceback.print_exc()
+                print(f"run {run_dir} failed: {e}", file=sys.stderr)
+                record = {"model": args.model.split("+")[0], "name": args.model, "task": args.task, "seed": args.seed,
+                          "status": "failed", "error": f"{type(e).__name__}: {e}", "config": run_config(args)}
+            print(summary(record))
+        write_json(os.path.join(run_dir, "record.json"), record)
+        return 0 if record["status"] == "ok" else 1
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Interrupted as e:
-        print(e, file=sys.stderr)
-        return 130
+
+
+def summary(record):
+    """One line of a finished run's key numbers."""
+    name = run_name(record["task"], record["name"], record["seed"])
+    if record["status"] != "ok":
+        return f"{name} FAILED: {record.get('error', '')}"
+    L = str(record["n_digits"])
+    ev = record["eval"][L] if L in record["eval"] else {"char_acc": float("nan"), "seq_acc": float("nan")}
+    return (f"{name}: char_acc {ev['char_acc']:.3f} seq_acc {ev['seq_acc']:.3f} at L={L} | loss "
+            f"{record['final_loss']:.3f} | passes {record['executed_block_passes_train']:.1f}/"
+            f"{record['block_passes']} | {fmt_time(record['wall_s'])}")
 
 
 if __name__ == "__main__":
