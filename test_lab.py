@@ -193,8 +193,8 @@ def test_two_shards_run_the_grid_between_them_and_the_report_names_what_is_missi
 # Signals and a killed run: a cluster's ways of ending a job
 
 
-def start_grid(out_dir, *flags):
-    return subprocess.Popen([sys.executable, "grid.py", *TINY, "--task", "copy", "--out_dir", str(out_dir), *flags],
+def start_grid(out_dir, *flags, entry="grid.py"):
+    return subprocess.Popen([sys.executable, entry, *TINY, "--task", "copy", "--out_dir", str(out_dir), *flags],
                             cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -206,26 +206,31 @@ def wait_for(path, proc, timeout=120):
         time.sleep(0.02)
 
 
-def test_sigterm_to_the_grid_alone_stops_every_run_with_its_checkpoint(tmp_path):
+def pids_of(pattern):
+    return [int(p) for p in subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True,
+                                           text=True).stdout.split()]
+
+
+@pytest.mark.parametrize("to", ["train.py alone", "every process of the job"])
+def test_sigterm_stops_every_run_of_a_grid_with_its_checkpoint(tmp_path, to):
     proc = start_grid(tmp_path, "--model", "iter,ut,dense", "--max_iters", "100000", "--ckpt_interval", "5",
-                      "--jobs", "2", "--threads", "1")
+                      "--jobs", "2", "--threads", "1", entry="train.py")  # which hands it to grid.py
     for run in ("copy_iter_s1337", "copy_ut_s1337"):
         wait_for(tmp_path / run / "ckpt.pt", proc)
-    proc.send_signal(signal.SIGTERM)  # to the parent alone, as kill or a scheduler sends it
+    # kill sends to one process; a scheduler (Slurm at a time limit) to every process of the job,
+    # so each run gets the signal more than once: from the scheduler and passed on by the grid
+    pids = [proc.pid] + (pids_of(str(tmp_path)) if to == "every process of the job" else [])
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     for run in ("copy_iter_s1337", "copy_ut_s1337"):  # each run saved its state where the signal found it
-        assert "interrupted (SIGTERM)" in (tmp_path / run / "train.log").read_text()
+        assert "interrupted (SIGTERM) at iter" in (tmp_path / run / "train.log").read_text()
         assert not (tmp_path / run / "record.json").exists()
     assert not (tmp_path / "copy_dense_s1337").exists()  # never started
     left = [line for line in err.splitlines() if "did not finish" in line]
     assert len(left) == 3 and all("--model" in line for line in left)
     assert "--model iter --task copy --seed 1337 --resume" in err and "--model dense --task copy --seed 1337\n" in err + "\n"
-
-
-def pids_of(pattern):
-    return [int(p) for p in subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True,
-                                           text=True).stdout.split()]
 
 
 def test_a_run_killed_outright_costs_only_itself(tmp_path, capsys):

@@ -376,13 +376,15 @@ def train_run(args, device, ckpt=None):
             "resumed": resumed, "code": code, "task": task, "seed": seed, "n_digits": args.n_digits}, f))
 
     # A first SIGINT (Ctrl-C) or SIGTERM (kill, a scheduler's time limit) is taken between two
-    # iterations, so the checkpoint it writes resumes exactly; a second one stops at once.
-    stop = []
+    # iterations, so the checkpoint it writes resumes exactly; a second one stops at once. Not
+    # the copies of one: a scheduler signals every process of a job, and a grid passes the
+    # signal on as well, so the same signal can arrive more than once within a moment.
+    stop = []  # (signal name, when)
 
     def on_signal(signum, frame):
-        if stop:  # a second signal, or one in the final evaluation (nothing is left to save)
+        if stop and time.time() - stop[0][1] > 1.0:  # a second signal, or one in the final evaluation
             raise KeyboardInterrupt
-        stop.append(signal.Signals(signum).name)
+        stop.append((signal.Signals(signum).name, time.time()))
 
     handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     model.train()
@@ -427,13 +429,13 @@ def train_run(args, device, ckpt=None):
                 checkpoint()
         checkpoint()  # at the end, or where a first signal stopped the loop
         if stop:
-            raise Interrupted(f"interrupted ({stop[0]}) at iter {it}; its checkpoint is in {ckpt_path}. "
+            raise Interrupted(f"interrupted ({stop[0][0]}) at iter {it}; its checkpoint is in {ckpt_path}. "
                               f"Resume with: {resume_command(args)}")
-        stop.append("evaluating")
+        stop.append(("evaluating", -math.inf))  # from here a signal stops at once: nothing is left to save
         passes["eval"] = [0, 0, 0.0]  # executed passes of the final evaluation only
         final = evaluate(model, task, args.eval_lengths, args.eval_examples, device, args.temperature, show=3)
     except KeyboardInterrupt:  # a second signal: at once, leaving the last checkpoint as it was
-        where = "in the final evaluation" if stop[-1:] == ["evaluating"] else f"twice, at iter {it}"
+        where = "in the final evaluation" if stop and stop[-1][0] == "evaluating" else f"twice, at iter {it}"
         raise Interrupted(f"interrupted {where}; the last checkpoint saved is in {ckpt_path}. "
                           f"Resume with: {resume_command(args)}") from None
     finally:
@@ -513,6 +515,18 @@ def lab_for(argv):
     return next((LAB[f] for f in flags if f in LAB), "grid.py" if flags - own else None)
 
 
+def hand_over(lab, argv):
+    """Run the lab's file with these flags, and pass a signal on to it once (Ctrl-C, kill, a
+    scheduler's SIGTERM): in a session of its own, a terminal's Ctrl-C reaches it from here only."""
+    p = subprocess.Popen([sys.executable, os.path.join(HERE, lab), *argv], start_new_session=True)
+    handlers = {s: signal.signal(s, lambda signum, frame: p.send_signal(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return p.wait()
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -521,7 +535,7 @@ def main(argv=None):
         if args and len(args.models) * len(args.tasks) > 1:
             lab = "grid.py"
         if lab:  # many runs, or what is made of them: the lab's job, with the very same flags
-            return subprocess.call([sys.executable, os.path.join(HERE, lab), *argv])
+            return hand_over(lab, argv)
         args.model, args.task = args.models[0], args.tasks[0]
         validate(args)
         ckpt = prior(args)
