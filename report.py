@@ -265,46 +265,69 @@ def pyplot():
         return None
 
 
-def style(i):
-    """Line style i of a figure: marker and dash differ too, so lines stay apart in greyscale."""
-    return dict(marker="os^vDP*Xh<>p"[i % 12], linestyle=["-", "--", ":", "-."][i % 4])
+def style(i, n):
+    """Series i of n in a figure: its own colour (tab20 past ten series), and a marker and a
+    dash of its own too, so that series stay apart in greyscale."""
+    import matplotlib
+    color = matplotlib.colormaps["tab10" if n <= 10 else "tab20"](i % 20)
+    return dict(color=color, marker="os^vDP*Xh<>p"[i % 12], linestyle=["-", "--", ":", "-."][i % 4])
+
+
+def figure_groups(records):
+    """[(label, records)] in ladder order, for a figure: a model is split only by the settings
+    that vary among its own runs of one task (say budget=2 and budget=12), so that a setting
+    set per model and task (the iterations of --flops_match) neither splits nor labels it."""
+    keys = sorted({k for r in records for k in r["config"]} - EVALUATION)
+    label = {}
+    for r in records:
+        same = [x for x in records if x["task"] == r["task"] and name_of(x) == name_of(r)]
+        varying = [k for k in keys if len({json.dumps(x["config"].get(k)) for x in same}) > 1]
+        label[id(r)] = " ".join([name_of(r)] + [f"{k}={r['config'].get(k)}" for k in varying])
+    rows = {}
+    for r in sorted(records, key=lambda r: (order_key(name_of(r)), natural(label[id(r)]), r["seed"])):
+        rows.setdefault(label[id(r)], []).append(r)
+    return list(rows.items())
+
+
+def seeds(ax, x, values, color):
+    """Each seed as a dot beside the mean: one outlier is not read as a spread."""
+    ax.scatter([x] * len(values), values, s=14, color=color, edgecolor="black", linewidths=0.4, zorder=4)
 
 
 def save(fig, path):
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     print(f"wrote {path}")
 
+
 def plot(experiment, out_dir):
-    """The figures of {run directory relative to out_dir: record}."""
+    """The figures of {run directory relative to out_dir: record}: per task, accuracy by
+    answer position and during training; ladder.png and flops.png over the tasks."""
     plt = pyplot()
     if plt is None:
         return
-    records = list(experiment.values())
+    records = [r for r in experiment.values() if r["status"] == "ok"]
     for task in tasks_of(records):
-        rs = [r for r in records if r["task"] == task and r["status"] == "ok"]
-        if not rs:
-            continue
+        rows = figure_groups([r for r in records if r["task"] == task])
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-        rows = groups(rs)
         for i, (label, group) in enumerate(rows):
             acc = mean_pos_acc(group)
             shift = 0.3 * (i - (len(rows) - 1) / 2) / max(len(rows), 1)  # side by side, so equal lines stay visible
             if acc:
-                ax1.plot([p + 1 + shift for p in range(len(acc))], acc, alpha=0.8, label=label, **style(i))
+                ax1.plot([p + 1 + shift for p in range(len(acc))], acc, alpha=0.85, label=label, **style(i, len(rows)))
             h = group[0]["history"]
             flops = [e["iter"] / group[0]["iters"] * group[0]["executed_train_flops_per_token"]
                      * group[0]["train_tokens"] for e in h]
             acc_h = [statistics.mean(r["history"][i]["char_acc"] for r in group if len(r["history"]) > i)
                      for i in range(len(h))]
-            ax2.plot(flops, acc_h, markersize=4, alpha=0.8, label=label, **style(i))
-        ax1.set(title=f"{task}: accuracy by output position (training length)",
-                xlabel="output position (first digit = 1; models drawn side by side)",
-                ylabel="accuracy (mean over seeds)", ylim=(0, 1.02))
+            ax2.plot(flops, acc_h, markersize=4, alpha=0.85, label=label, **style(i, len(rows)))
+        ax1.set(title=f"{task}: accuracy by answer position (training length)",
+                xlabel="answer position (first digit = 1)", ylabel="accuracy (mean over seeds)", ylim=(0, 1.02))
         ax2.set(title=f"{task}: char_acc during training", xlabel="training FLOPs spent so far (executed)",
-                ylabel="char_acc at the training length", ylim=(0, 1.02))
+                ylabel="char_acc at the training length (mean over seeds)", ylim=(0, 1.02))
         ax2.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
-        ax1.legend(fontsize=7)
-        ax2.legend(fontsize=7)
+        for ax in (ax1, ax2):
+            ax.axhline(0.1, color="grey", linestyle=":", linewidth=1)
+        ax2.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
         fig.tight_layout()
         save(fig, os.path.join(out_dir, f"{task}.png"))
         plt.close(fig)
@@ -313,56 +336,63 @@ def plot(experiment, out_dir):
 
 
 def plot_flops(records, out_dir, plt):
-    """flops.png: char_acc at the training length against the training FLOPs each model
-    spent (executed, whole run), mean and seed spread on both axes, one panel per task."""
-    rs = [r for r in records if r["status"] == "ok"]
-    tasks_here = tasks_of(rs)
+    """flops.png: char_acc at the training length against the training FLOPs each run spent
+    (executed, whole run): the mean of each model large, each seed small; a panel per task."""
+    tasks_here = tasks_of(records)
     if not tasks_here:
         return
-    fig, axes = plt.subplots(1, len(tasks_here), figsize=(5.5 * len(tasks_here), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks_here), figsize=(5.2 * len(tasks_here), 4.4), squeeze=False)
     for ax, task in zip(axes[0], tasks_here):
-        for i, (label, group) in enumerate(groups([r for r in rs if r["task"] == task])):
+        rows = figure_groups([r for r in records if r["task"] == task])
+        for i, (label, group) in enumerate(rows):
             flops = [r["executed_train_flops_per_token"] * r["train_tokens"] for r in group]
             acc = [at_training_length(r)["char_acc"] for r in group]
-            ax.errorbar(statistics.mean(flops), statistics.mean(acc), xerr=mean_std(flops)[1], yerr=mean_std(acc)[1],
-                        capsize=3, markersize=7, label=label, **{**style(i), "linestyle": "none"})
+            st = {**style(i, len(rows)), "linestyle": "none"}
+            ax.plot(statistics.mean(flops), statistics.mean(acc), markersize=9, label=label, **st)
+            ax.scatter(flops, acc, s=12, color=st["color"], alpha=0.6, zorder=3)
         ax.axhline(0.1, color="grey", linestyle=":", linewidth=1)
         ax.set(title=f"{task}: accuracy against training compute", xlabel="training FLOPs spent (executed, whole run)",
                ylabel="char_acc at the training length", ylim=(0, 1.05))
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
-    handles, labels = axes[0][-1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.06 + 0.04 * ((len(labels) - 1) // 5), 1, 1))
+    axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False,
+                       title="mean (large), each seed (small)", title_fontsize=8)
+    fig.tight_layout()
     save(fig, os.path.join(out_dir, "flops.png"))
     plt.close(fig)
 
 
 def plot_ladder(records, out_dir, plt, reference=None, reference_label=""):
-    """ladder.png: char_acc at the training length of every model on every task, mean and
-    seed spread; reference ({task: {model: char_acc}}), where given, marked beside it."""
-    rs = [r for r in records if r["status"] == "ok"]
-    labels = [label for label, _ in groups(rs)]
+    """ladder.png: char_acc at the training length of every model on every task, a bar for
+    the mean and a dot for each seed; reference ({task: {model: char_acc}}), where given,
+    marked beside it."""
+    rows = figure_groups(records)
+    labels = [label for label, _ in rows]
     if not labels:
         return
-    tasks_here = tasks_of(rs)
-    fig, ax = plt.subplots(figsize=(max(8.0, 1.4 * len(labels) + 2), 4.8))
+    tasks_here = tasks_of(records)
+    fig, ax = plt.subplots(figsize=(3 + len(labels) * (0.45 + 0.25 * len(tasks_here)), 4.6))
     width = 0.8 / len(tasks_here)
     for j, task in enumerate(tasks_here):
-        by_label = dict(groups([r for r in rs if r["task"] == task]))
+        by_label = dict(rows)
         xs = [i + (j - (len(tasks_here) - 1) / 2) * width for i in range(len(labels))]
-        accs = [[at_training_length(r)["char_acc"] for r in by_label.get(label, [])] for label in labels]
-        ax.bar(xs, [statistics.mean(a) if a else 0 for a in accs], width, yerr=[mean_std(a)[1] if a else 0 for a in accs],
-               capsize=2, color=["0.25", "0.55", "0.85"][j % 3], edgecolor="black", hatch=["", "//", ".."][j % 3],
-               label=f"{task} (artrm, mean ± std over seeds)")
+        accs = [[at_training_length(r)["char_acc"] for r in by_label[label] if r["task"] == task] for label in labels]
+        filled = [(x, a) for x, a in zip(xs, accs) if a]  # a model not run on a task leaves no bar
+        ax.bar([x for x, _ in filled], [statistics.mean(a) for _, a in filled], width,
+               color=["0.35", "0.6", "0.85"][j % 3], edgecolor="black", hatch=["", "//", ".."][j % 3], label=task)
+        for x, a in filled:
+            seeds(ax, x, a, "white")
         marks = [(x, (reference or {}).get(task, {}).get(label)) for x, label in zip(xs, labels)]
         if marks := [(x, v) for x, v in marks if v is not None]:
-            ax.scatter(*zip(*marks), marker="_", s=300, linewidths=2.5, color="C3", zorder=3,
+            ax.scatter(*zip(*marks), marker="_", s=300, linewidths=2.5, color="C3", zorder=5,
                        label=reference_label if j == 0 else None)
+    ax.scatter([], [], s=14, color="white", edgecolor="black", linewidths=0.4, label="each seed")
     ax.axhline(0.1, color="grey", linestyle=":", linewidth=1, label="chance (0.10)")
-    ax.set_xticks(range(len(labels)), [label.replace(" ", "\n") for label in labels], fontsize=8)
-    ax.set_title("char_acc of every model at the training length", pad=36)
-    ax.set(ylabel="char_acc", ylim=(0, 1.1))
-    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
+    long = max(len(part) for label in labels for part in label.split()) > 12  # tilted, so that they do not touch
+    ax.set_xticks(range(len(labels)), [label.replace(" ", "\n") for label in labels], fontsize=8,
+                  rotation=25 if long else 0, ha="right" if long else "center")
+    ax.set(title="char_acc at the training length: the mean (bar) and each seed (dot)", ylabel="char_acc",
+           ylim=(0, 1.05))
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     save(fig, os.path.join(out_dir, "ladder.png"))
     plt.close(fig)
@@ -370,7 +400,7 @@ def plot_ladder(records, out_dir, plt, reference=None, reference_label=""):
 
 def plot_budgets(entries, out_dir):
     """test_budgets.png: char_acc at the first evaluation length against the test budget,
-    one line per model, one panel per task, seed spread as error bars."""
+    a line through each model's means and a dot for each seed, one panel per task."""
     tasks_here = tasks_of(entries)
     if not tasks_here or (plt := pyplot()) is None:
         return
@@ -383,18 +413,20 @@ def plot_budgets(entries, out_dir):
             budgets = sorted({int(b) for e in group for b in e["budgets"]})
             accs = [[e["budgets"][str(b)][str(n)]["char_acc"] for e in group if str(b) in e["budgets"]]
                     for b in budgets]
-            shift = 1.05 ** (i - (len(rows) - 1) / 2)  # side by side, so error bars stay apart
-            ax.errorbar([b * shift for b in budgets], [statistics.mean(a) for a in accs],
-                        yerr=[mean_std(a)[1] for a in accs], capsize=3, alpha=0.85, label=label, **style(i))
+            shift = 1.05 ** (i - (len(rows) - 1) / 2)  # side by side, so equal lines stay apart
+            st = style(i, len(rows))
+            ax.plot([b * shift for b in budgets], [statistics.mean(a) for a in accs], alpha=0.85, label=label, **st)
+            for b, a in zip(budgets, accs):
+                ax.scatter([b * shift] * len(a), a, s=10, color=st["color"], alpha=0.6, zorder=3)
             ax.axvline(group[0]["train_budget"], color="grey", linewidth=0.5)
         ax.axhline(0.1, color="grey", linestyle=":", linewidth=1)
         ax.set(title=f"{task}: thinking longer at test time (L={n})",
                xlabel="test budget (block passes per token; grey line: trained at)",
-               ylabel="char_acc (mean ± std over seeds)", xscale="log", ylim=(0, 1.02))
+               ylabel="char_acc (line: mean; dots: each seed)", xscale="log", ylim=(0, 1.02))
         ticks = sorted({int(b) for e in es for b in e["budgets"]})
         ax.set_xticks(ticks, [str(b) for b in ticks])
         ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
-        ax.legend(fontsize=7)
+    axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     fig.tight_layout()
     save(fig, os.path.join(out_dir, "test_budgets.png"))
     plt.close(fig)

@@ -411,9 +411,10 @@ def test_bench_prints_its_ratios_and_writes_them(tmp_path, capsys):
 # The committed records: --report rebuilds their views, and the README says what they say
 
 
-def readme_row(heading, first_cell):
-    """The cells of the README table row that starts with first_cell, in the section under heading."""
-    text = open(os.path.join(HERE, "README.md")).read().split(heading, 1)[1]
+def notes_row(notes, heading, first_cell):
+    """The cells of the table row that starts with first_cell, in the section under heading of
+    an experiment's notes (results/<experiment>/README.md)."""
+    text = open(os.path.join(HERE, "results", notes, "README.md")).read().split(heading, 1)[1]
     line = next(l for l in text.splitlines() if l.startswith(f"| {first_cell} |"))
     return [c.strip() for c in line.strip("|").split("|")]
 
@@ -429,36 +430,36 @@ def test_the_report_over_each_committed_folder_rebuilds_its_committed_view(tmp_p
     assert open(os.path.join(out_dir, "results.md")).read() == open(os.path.join(src, "results.md")).read()
 
 
-def test_the_readme_laptop_table_is_what_the_committed_records_say():
+def test_the_laptop_notes_table_is_what_the_committed_records_say():
     out_dir = os.path.join(HERE, "results", "laptop")
     recs = records.read_records(out_dir)
     assert len(recs) == 63 and all(r["status"] == "ok" for r in recs.values())
     for rung in PAPER_RUNGS:
-        row = readme_row("## Results: the laptop reproduction", rung)
+        row = notes_row("laptop", "# The laptop reproduction", rung)
         for task, cell in (("copy", 1), ("reverse", 3), ("addition", 5)):
             runs = [r for r in recs.values() if r["task"] == task and r["name"] == rung]
             assert row[cell] == report.pm(r["eval"]["6"]["char_acc"] for r in runs), (rung, task)
     budgets = {(e["name"], b): [x["budgets"][b]["6"]["char_acc"] for x in records.read_test_budgets(out_dir)
                                 if x["name"] == e["name"]]
                for e in records.read_test_budgets(out_dir) for b in e["budgets"]}
-    row = readme_row("### Thinking longer at test time", "ut")
+    row = notes_row("laptop", "## Thinking longer at test time", "ut")
     assert row[3].startswith(report.pm(budgets[("ut", "12")]))
 
 
 @pytest.mark.parametrize("folder,heading", [("open_question", "**Same budget and iterations**"),
                                             ("open_question_flops", "**Matched training FLOPs**")])
-def test_the_readme_open_question_tables_are_what_the_committed_records_say(folder, heading):
+def test_the_open_question_notes_tables_are_what_the_committed_records_say(folder, heading):
     recs = list(records.read_records(os.path.join(HERE, "results", folder)).values())
     names = sorted({r["name"] for r in recs})
     assert len(recs) == 9 * len(names) and len(names) >= 8
     for name in names:
-        row = readme_row(heading, name)
+        row = notes_row("open_question", heading, name)
         for task, cell in (("copy", 3), ("reverse", 4), ("addition", 5)):
             runs = [r for r in recs if r["task"] == task and r["name"] == name]
             assert row[cell] == report.pm(r["eval"]["6"]["char_acc"] for r in runs), (folder, name, task)
 
 
-TOWARD_PAPER = "### From the laptop toward the paper's setting"
+TOWARD_PAPER = "# From the laptop toward the paper's setting"
 
 
 def load_sweep():
@@ -468,16 +469,17 @@ def load_sweep():
     return sweep
 
 
-def test_the_readme_steps_toward_the_paper_are_what_the_committed_records_say():
+def test_the_notes_of_the_steps_toward_the_paper_are_what_the_committed_records_say():
     out_dir = os.path.join(HERE, "results", "toward_paper")
     recs = records.read_records(out_dir)
     folders, acc = load_sweep().sweep(recs)
     assert [f for f, _ in folders][:2] == ["step0_laptop", "step1_budget24"] and folders[1][1] == "budget=24"
     for name, per_folder in acc["addition"].items():  # the README's table is the records' numbers
-        row = readme_row(TOWARD_PAPER, name)
+        row = notes_row("toward_paper", TOWARD_PAPER, name)
         assert row[1:1 + len(folders)] == [report.pm(a) for a in per_folder], name
     # ... and its commands are the ones they ran: each recorded run would be skipped as finished
-    block = open(os.path.join(HERE, "README.md")).read().split(TOWARD_PAPER)[1].split("```bash\n")[1].split("```")[0]
+    notes = open(os.path.join(HERE, "results", "toward_paper", "README.md")).read()
+    block = notes.split(TOWARD_PAPER)[1].split("```bash\n")[1].split("```")[0]
     echo = subprocess.run(["bash", "-c", 'python() { printf "%s\\n" "$*"; }\n' + block],
                           capture_output=True, text=True, check=True).stdout
     covered = set()
@@ -505,3 +507,53 @@ def test_the_sweep_figure_reads_the_folders_in_order_and_what_each_changes(tmp_p
     assert folders == [("b6", ""), ("b12", "budget=12")]
     assert acc == {"copy": {"iter": [[recs[os.path.join(b, "copy_iter_s1337")]["eval"]["3"]["char_acc"]]
                                      for b in ("b6", "b12")]}}
+
+
+DOCS = ["README.md"] + sorted(os.path.relpath(p, HERE) for p in
+                               [os.path.join(HERE, "results", "speed.md")] +
+                               [os.path.join(HERE, "results", d, "README.md") for d in os.listdir(os.path.join(HERE, "results"))]
+                               if os.path.exists(p))
+
+
+def slug(heading):
+    """GitHub's anchor of a Markdown heading."""
+    return re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_relative_link_resolves_and_every_flag_named_exists(doc):
+    text = open(os.path.join(HERE, doc)).read()
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if target.startswith("http"):
+            continue
+        path, _, anchor = target.partition("#")
+        file = os.path.normpath(os.path.join(HERE, os.path.dirname(doc), path)) if path else os.path.join(HERE, doc)
+        assert os.path.exists(file), (doc, target)
+        if anchor:
+            headings = [slug(h) for h in re.findall(r"^#+ (.*)$", open(file).read(), re.M)]
+            assert anchor in headings, (doc, target)
+    known = ({f"--{k}" for k in {**train.SETTINGS, **grid.FLAGS, **evaluate.FLAGS}}
+             | {"--preset", "--report", "--help", "--profile", "--out_dir", "--plot"})
+    commands = re.findall(r"python (?:train|grid|evaluate|report|bench)\.py([^`\n]*)", text.replace("\\\n", " "))
+    assert commands or doc != "README.md"
+    for flag in {f for c in commands for f in re.findall(r"(?<![\w-])(--[a-z_]+)", c)}:
+        assert flag in known or flag.replace("--no-", "--") in known, (doc, flag)
+
+
+def test_the_front_door_stays_a_front_door():
+    text = open(os.path.join(HERE, "README.md")).read()
+    assert text.count("\n") <= 300  # the findings live in each experiment's notes
+    assert "python train.py --model ar_trm --task reverse" in text and "python -m pytest -q" in text
+    with open(os.path.join(HERE, ".ci", "run")) as f:
+        assert "python -m pytest -q" in f.read()  # CI runs the README's test command
+
+
+def test_every_committed_figure_is_linked_from_the_docs():
+    listed = subprocess.run(["git", "ls-files", "*.png"], cwd=HERE, capture_output=True, text=True)
+    if listed.returncode:
+        pytest.skip("not a git checkout")
+    linked = set()
+    for doc in DOCS:
+        for target in re.findall(r"\]\(([^)\s]+\.png)\)", open(os.path.join(HERE, doc)).read()):
+            linked.add(os.path.normpath(os.path.join(os.path.dirname(doc), target)))
+    assert set(listed.stdout.split()) == linked  # a figure nothing links to is not kept

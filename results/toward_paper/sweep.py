@@ -58,23 +58,22 @@ def plot_sweep(records, out_dir, plt):
     for ax, task in zip(axes[0], tasks_here):
         names = sorted(acc[task], key=report.order_key)
         for i, name in enumerate(names):
-            shift = 0.07 * (i - (len(names) - 1) / 2)  # side by side, so error bars stay apart
+            shift = 0.07 * (i - (len(names) - 1) / 2)  # side by side, so the seeds' dots stay apart
             xs, accs = zip(*[(x + shift, a) for x, a in enumerate(acc[task][name]) if a])
             fewest, most = min(map(len, accs)), max(map(len, accs))
             seeds = f"{fewest}-{most}" if fewest < most else f"{most}"
-            bars = ax.errorbar(xs, [statistics.mean(a) for a in accs], yerr=[report.mean_std(a)[1] for a in accs],
-                               capsize=3, alpha=0.85, label=f"{name} ({seeds} seeds)", **report.style(i))
+            st = report.style(i, len(names))
+            ax.plot(xs, [statistics.mean(a) for a in accs], alpha=0.85, label=f"{name} ({seeds} seeds)", **st)
             for x, a in zip(xs, accs):  # each seed, so that one outlier is not read as a spread
-                ax.scatter([x] * len(a), a, s=9, color=bars[0].get_color(), alpha=0.5, zorder=3)
+                ax.scatter([x] * len(a), a, s=12, color=st["color"], alpha=0.6, zorder=3)
             if (paper := PAPER_CHAR_ACC.get(task, {}).get(name)) is not None:
-                ax.plot(len(folders) + shift, paper, color=bars[0].get_color(), markersize=8,
-                        **{**report.style(i), "linestyle": "none"})
+                ax.plot(len(folders) + shift, paper, markersize=8, **{**st, "linestyle": "none"})
         ax.axvline(len(folders) - 0.5, color="grey", linestyle="--", linewidth=1)
         ax.axhline(0.1, color="grey", linestyle=":", linewidth=1, label="chance (0.10)")
         ticks = [f"{folder}\n" + changes.replace(" ", "\n") for folder, changes in folders]
         ax.set_xticks(range(len(folders) + 1), ticks + ["the paper\n(its setting: L=10,\nbudget 24, d=384,\ndropout 0.1,\n5000 iters)"], fontsize=8)
         ax.set(title=f"{task}: step by step, each keeping the changes before it",
-               ylabel="char_acc at the training length\n(mean ± std over seeds; dots: each seed)", ylim=(0, 1.12))
+               ylabel="char_acc at the training length\n(line: mean over seeds; dots: each seed)", ylim=(0, 1.05))
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     report.save(fig, os.path.join(out_dir, "sweep.png"))
