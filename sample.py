@@ -1,0 +1,179 @@
+"""
+Ask a trained rung your own question, and watch it think step by step.
+
+    python sample.py --ckpt out/reverse_ar_trm_s1337/ckpt.pt --prompt "3907|"
+    python sample.py --ckpt out/reverse_ut_s1337/ckpt.pt                  # a few held-out examples
+    python sample.py --ckpt out/reverse_ut_s1337/ckpt.pt --prompt "3907|" --steps [--plot steps.png]
+
+The checkpoint's own config and task decide the model and the format of a prompt
+(copy and reverse: digits then '|'; addition: a+b= with L digits each). --steps shows
+the answer as read out after every step of the rung (the same ln_f and lm_head applied to
+that step's answer stream, with the model's own final answer fed in, so that the steps
+can be compared), '^' under what changed since the step before; for the ACT rungs where
+each answer position halted and its halting weight, for ar_trm the halting head's logit,
+for dense the readout after each of its blocks. Nothing of the model is changed: the
+steps are recorded from a normal forward.
+"""
+
+import sys
+
+import torch
+
+import artrm
+import evaluate
+import tasks
+import train
+from records import UserError
+
+
+def parse_args(argv=None):
+    p = train.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    p.add_argument("--ckpt", required=True, help="a run's ckpt.pt")
+    p.add_argument("--prompt", action="append", default=[], help="a question, e.g. 3907| (may repeat)")
+    p.add_argument("--examples", type=int, default=3, help="with no --prompt: this many held-out examples")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 greedy, 1 samples as the paper's code")
+    p.add_argument("--steps", action="store_true", help="the answer after every step of the rung")
+    p.add_argument("--plot", default="", help="with --steps: write the steps as a figure to this PNG")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--seed", type=int, default=1337, help="for --temperature > 0 and the held-out draw")
+    return p.parse_args(argv)
+
+
+def encode_prompt(text, task, block_size):
+    """The prompt's tokens and its operand length L, or one line saying what is wrong with it."""
+    if bad := sorted(set(text) - set(tasks.VOCAB)):
+        raise UserError(f"prompt {text!r} has characters outside the vocabulary {tasks.VOCAB!r}: {''.join(bad)!r}")
+    digits = text[:-1].split("+") if task == "addition" else [text[:-1]]
+    end = "=" if task == "addition" else "|"
+    L = len(digits[0])
+    if not text.endswith(end) or L == 0 or any(len(d) != L or not d.isdigit() for d in digits) or \
+            len(digits) != (2 if task == "addition" else 1):
+        shape = "a+b= with a and b of the same number of digits" if task == "addition" else "digits then |"
+        raise UserError(f"prompt {text!r} is not a {task} question ({shape}, e.g. "
+                        f"{tasks.decode(train.eval_set(task, 4, 1, 'cpu')[0, :tasks.prompt_len(task, 4)])})")
+    if tasks.seq_len(task, L) > block_size:
+        raise UserError(f"{task} at length {L} needs {tasks.seq_len(task, L)} tokens, more than the checkpoint's "
+                        f"block_size {block_size}")
+    return torch.tensor([tasks.encode(text)]), L
+
+
+class Recorder:
+    """Stands in for the readout class during one forward and keeps, for every step, the
+    answer stream y and what the readout decides from it (ACT: each position's halting
+    probability; ar_trm: the halting head's logit). Every call goes on to the real readout,
+    so the forward computes what it always does."""
+
+    def __init__(self, readout_class):
+        self.readout_class, self.ys, self.p, self.logits = readout_class, [], [], []
+
+    def __call__(self, model, y, n_steps):
+        self.real = self.readout_class(model, y, n_steps)
+        return self
+
+    def update(self, y, t):
+        self.ys.append(y)
+        if isinstance(self.real, artrm.ACTReadout):
+            self.p.append(torch.sigmoid(self.real.halt(y)).squeeze(-1))             # (B, T)
+        if isinstance(self.real, artrm.HaltReadout):
+            self.logits.append(self.real.halt(y[:, 0]).squeeze(-1))                 # (B,)
+        return self.real.update(y, t)
+
+    def __getattr__(self, name):  # out, steps, ponder_cost: the real readout's
+        return getattr(self.real, name)
+
+
+@torch.no_grad()
+def steps_of(model, idx):
+    """The logits read out after every step, the logits of the forward itself, and what the
+    recorder kept. The readout class is stood in for during the forward, then put back."""
+    kind = model.config.rung.halting
+    recorder = artrm.READOUTS[kind] = Recorder(artrm.READOUTS[kind])
+    try:
+        logits, _ = model(idx)
+    finally:
+        artrm.READOUTS[kind] = recorder.readout_class
+    return [model.lm_head(model.ln_f(y)) for y in recorder.ys], logits, recorder                # [(B, T, V)]
+
+
+def show_steps(model, prompt, answer):
+    """A row per step: the answer read out after it, with '^' under what changed since the
+    step before; the model's own answer is fed in, so that every step reads the same input."""
+    P, A = prompt.size(1), answer.size(1)
+    per_step, logits, rec = steps_of(model, torch.cat([prompt, answer[:, :-1]], dim=1))
+    at = slice(P - 1, P - 1 + A)  # the positions that predict the answer
+    read = lambda lg: tasks.decode(lg[0, at].argmax(-1)).replace("\n", "⏎")
+    rows = [read(lg) for lg in per_step]
+    c = model.config
+    name = "step" if c.rung.tied else "block"
+    print(f"  {len(rows)} {name}s of {c.passes_per_step} block pass(es) each; the answer read out after each:")
+    for t, row in enumerate(rows):
+        changed = "".join("^" if a != b else " " for a, b in zip(row, rows[t - 1])) if t else " " * len(row)
+        extra = (f"  halting logit {float(rec.logits[t][0]):+.2f}" if rec.logits else
+                 f"  p {' '.join(f'{v:.2f}' for v in rec.p[t][0, at].tolist())}" if rec.p else "")
+        print(f"  {name} {t + 1:2d}  {row}  {changed}{extra}")
+    if rec.p:  # ACT reads out a weighted sum of the steps, not the last one
+        print(f"  output   {read(logits)}   (ACT's weighted sum; the steps each answer position ran: "
+              f"{' '.join(str(int(s)) for s in rec.steps[0, at].tolist())})")
+    return rows, read(logits), rec
+
+
+def main(argv=None):
+    try:
+        args = parse_args(argv)
+        ckpt = train.load_checkpoint(args.ckpt)
+        if "task" not in ckpt:
+            raise UserError(f"{args.ckpt} does not say which task it was trained on")
+        device = train.get_device(args.device)
+        model = evaluate.restore_model(ckpt, args.ckpt, device).eval()
+        task = ckpt["task"]
+        g = torch.Generator(device=device).manual_seed(args.seed)
+        if args.prompt:
+            questions = [(*encode_prompt(p, task, model.config.block_size), None) for p in args.prompt]
+        else:  # held-out examples of the task, the right answer beside the model's
+            L = ckpt.get("n_digits", 6)
+            ex = train.eval_set(task, L, max(args.examples, 1), "cpu")
+            P = tasks.prompt_len(task, L)
+            questions = [(ex[i:i + 1, :P], L, tasks.decode(ex[i, P:]).replace("\n", "⏎"))
+                         for i in range(args.examples)]
+        for prompt, L, right in questions:
+            prompt = prompt.to(device)
+            A = tasks.answer_len(task, L) + 1  # and the closing newline
+            out = model.generate(prompt, A, temperature=args.temperature, generator=g if args.temperature else None)
+            answer = out[:, prompt.size(1):]
+            said = tasks.decode(answer[0]).replace("\n", "⏎")
+            print(f"{tasks.decode(prompt[0])}{said}" + (f"   right: {right} {'✓' if said == right else '✗'}"
+                                                       if right else ""))
+            if args.steps:
+                rows, _, _ = show_steps(model, prompt, answer)
+                if args.plot:
+                    plot_steps(rows, model, tasks.decode(prompt[0]), args.plot)
+        return 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def plot_steps(rows, model, prompt, path):
+    """The steps as a figure: a row per step, a column per answer position, each cell the
+    digit read out, shaded where it changed since the step before."""
+    import report
+    plt = report.pyplot()
+    if plt is None:
+        return
+    changed = [[0] * len(rows[0])] + [[int(a != b) for a, b in zip(r, p)] for r, p in zip(rows[1:], rows)]
+    fig, ax = plt.subplots(figsize=(1 + 0.45 * len(rows[0]), 0.8 + 0.3 * len(rows)))
+    ax.imshow(changed, cmap="Oranges", vmin=0, vmax=1.5, aspect="auto")
+    for t, row in enumerate(rows):
+        for j, ch in enumerate(row):
+            ax.text(j, t, ch, ha="center", va="center", fontsize=9)
+    name = "step" if model.config.rung.tied else "block"
+    ax.set(xlabel="answer position", ylabel=name, title=f"{model.config.model}: {prompt} {name} by {name} "
+           "(shaded: changed)")
+    ax.set_xticks(range(len(rows[0])), range(1, len(rows[0]) + 1))
+    ax.set_yticks(range(len(rows)), range(1, len(rows) + 1))
+    report.save(fig, path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
