@@ -509,10 +509,13 @@ class Tee:
 
 
 def lab_for(argv):
-    """The lab's file for a request with any flag of its own (None: one run, or -h)."""
+    """The lab's file for a request with a flag of the lab's or for several runs (None: one run)."""
     flags = {a.split("=")[0] for a in argv if a.startswith("--")}
     own = {"--preset", "--help"} | {f"--{no}{k}" for k in SETTINGS for no in ("", "no-")}
-    return next((LAB[f] for f in flags if f in LAB), "grid.py" if flags - own else None)
+    if lab := next((LAB[f] for f in flags if f in LAB), "grid.py" if flags - own else None):
+        return lab
+    args = parse_args(argv)
+    return "grid.py" if len(args.models) * len(args.tasks) > 1 else None
 
 
 def hand_over(lab, argv):
@@ -530,12 +533,9 @@ def hand_over(lab, argv):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        lab = lab_for(argv)
-        args = None if lab else parse_args(argv)
-        if args and len(args.models) * len(args.tasks) > 1:
-            lab = "grid.py"
-        if lab:  # many runs, or what is made of them: the lab's job, with the very same flags
+        if lab := lab_for(argv):  # many runs, or what is made of them: the lab's job, with the very same flags
             return hand_over(lab, argv)
+        args = parse_args(argv)
         args.model, args.task = args.models[0], args.tasks[0]
         validate(args)
         ckpt = prior(args)
