@@ -78,7 +78,7 @@ def restore_model(ckpt, path, device):
 def main(argv=None):
     """Evaluate saved checkpoints (--ckpt FILE, or each run's own) with their own config."""
     try:
-        args = train.parse_args(argv, lab=FLAGS)
+        args = train.parse_args(argv, lab=FLAGS, doc=__doc__)
         args.eval_budgets = budgets_of(args.eval_budgets)
         device = train.get_device(args.device)
         if args.threads:

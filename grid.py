@@ -55,7 +55,7 @@ def shard(runs, k, n):
 
 
 def parse_args(argv=None):
-    args = train.parse_args(argv, lab=FLAGS)
+    args = train.parse_args(argv, lab=FLAGS, doc=__doc__)
     try:
         args.shard_k, args.shard_n = (int(v) for v in args.shard.split("/")) if args.shard else (0, 1)
         assert 0 <= args.shard_k < args.shard_n

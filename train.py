@@ -95,9 +95,9 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (python {os.path.basename(self.prog)} -h lists every flag)")
 
 
-def parser(lab=None):
+def parser(lab=None, doc=__doc__):
     """The flags of one run (and of the lab, where it passes its own: name -> (default, help))."""
-    p = ArgumentParser(prog=sys.argv[0], description=__doc__.split("\n\n")[0].strip(),
+    p = ArgumentParser(prog=sys.argv[0], description=doc.split("\n\n")[0].strip(),
                        epilog=None if lab else "A comparison's flags: python grid.py -h")
     p.add_argument("--preset", choices=sorted(PRESETS), default="laptop", help="named settings (default: laptop)")
     for k, (v, what) in {**SETTINGS, **(lab or {})}.items():
@@ -108,8 +108,8 @@ def parser(lab=None):
     return p
 
 
-def parse_args(argv=None, lab=None):
-    a = parser(lab).parse_args(argv)
+def parse_args(argv=None, lab=None, doc=__doc__):
+    a = parser(lab, doc).parse_args(argv)
     given = {k: v for k, v in vars(a).items() if v is not None and k != "preset"}
     defaults = {k: v for k, (v, _) in {**SETTINGS, **(lab or {})}.items()}
     args = argparse.Namespace(**{**defaults, **PRESETS[a.preset], **given, "preset": a.preset})
