@@ -14,6 +14,7 @@ A signal to this process (Ctrl-C, kill, a scheduler's SIGTERM) is passed to ever
 saves its checkpoint; a run killed outright costs only itself.
 """
 
+import argparse
 import concurrent.futures
 import os
 import queue
@@ -28,6 +29,7 @@ import torch
 import evaluate
 import records
 import report
+import tasks
 import train
 from artrm import RUNGS, Model
 from train import UserError, run_name
@@ -71,7 +73,7 @@ def validate(args):
             raise UserError(f"--{k} must be positive, got {getattr(args, k)}")
     if args.flops_match:
         train.model_config(args, train.expand(args.flops_match, RUNGS, "model")[0])
-    budgets = train.argparse.Namespace(**{**vars(args), "eval_budgets": evaluate.budgets_of(args.eval_budgets)})
+    budgets = argparse.Namespace(**{**vars(args), "eval_budgets": evaluate.budgets_of(args.eval_budgets)})
     for name in args.models:
         evaluate.check_test_budgets(train.model_config(args, name), budgets)
 
@@ -81,7 +83,7 @@ def matched_iters(args, task, name):
     the reference model's, times max_iters. Compute-matched by construction."""
     if not args.flops_match:
         return args.max_iters
-    T = train.tasks.seq_len(task, args.n_digits)
+    T = tasks.seq_len(task, args.n_digits)
     with torch.device("meta"):  # no memory, no init: only the FLOP count is wanted
         ref, own = (Model(train.model_config(args, n)).compute_stats(T)["train_flops_per_token"]
                     for n in (args.flops_match, name))
@@ -91,7 +93,7 @@ def matched_iters(args, task, name):
 def one_run(args, run):
     """The settings of one run of the grid, as train.py would parse its command."""
     task, name, seed = run
-    return train.argparse.Namespace(**{**vars(args), "model": name, "task": task, "seed": seed,
+    return argparse.Namespace(**{**vars(args), "model": name, "task": task, "seed": seed,
                                        "max_iters": matched_iters(args, task, name)})
 
 
