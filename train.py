@@ -245,7 +245,8 @@ def run_config(args):
 def setting_changes(old, new):
     """{setting: [old, new]} where new differs from old. A setting an older record lacks
     had its default then (a new knob defaults to the old behaviour)."""
-    return {k: [old.get(k, DEFAULTS.get(k)), v] for k, v in new.items() if old.get(k, DEFAULTS.get(k)) != v}
+    before = {**DEFAULTS, "preset": "laptop"}
+    return {k: [old.get(k, before.get(k)), v] for k, v in new.items() if old.get(k, before.get(k)) != v}
 
 
 def check_same_run(changes, where, resume):
