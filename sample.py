@@ -30,7 +30,7 @@ def parse_args(argv=None):
     p = train.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     p.add_argument("--ckpt", required=True, help="a run's ckpt.pt")
     p.add_argument("--prompt", action="append", default=[], help="a question, e.g. 3907| (may repeat)")
-    p.add_argument("--examples", type=int, default=3, help="with no --prompt: this many held-out examples")
+    p.add_argument("--examples", type=int, default=3, help="with no --prompt: this many held-out examples (at most 100)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 greedy, 1 samples as the paper's code")
     p.add_argument("--steps", action="store_true", help="the answer after every step of the rung")
     p.add_argument("--plot", default="", help="with --steps: write the steps as a figure to this PNG")
@@ -120,6 +120,10 @@ def show_steps(model, prompt, answer):
 def main(argv=None):
     try:
         args = parse_args(argv)
+        if not 1 <= args.examples <= 100:
+            raise UserError(f"--examples takes 1 to 100, got {args.examples}")
+        if not 0 <= args.temperature < float("inf"):
+            raise UserError(f"--temperature must be zero or positive and finite, got {args.temperature}")
         ckpt = train.load_checkpoint(args.ckpt)
         if "task" not in ckpt:
             raise UserError(f"{args.ckpt} does not say which task it was trained on")
@@ -129,12 +133,12 @@ def main(argv=None):
         g = torch.Generator(device=device).manual_seed(args.seed)
         if args.prompt:
             questions = [(*encode_prompt(p, task, model.config.block_size), None) for p in args.prompt]
-        else:  # held-out examples of the task, the right answer beside the model's
+        else:  # a few of the held-out examples the run was evaluated on, drawn by --seed
             L = ckpt.get("n_digits", 6)
-            ex = train.eval_set(task, L, max(args.examples, 1), "cpu")
+            ex = train.eval_set(task, L, 100, "cpu")
+            pick = torch.randperm(len(ex), generator=torch.Generator().manual_seed(args.seed))[:args.examples]
             P = tasks.prompt_len(task, L)
-            questions = [(ex[i:i + 1, :P], L, tasks.decode(ex[i, P:]).replace("\n", "⏎"))
-                         for i in range(args.examples)]
+            questions = [(ex[i:i + 1, :P], L, tasks.decode(ex[i, P:]).replace("\n", "⏎")) for i in pick.tolist()]
         for prompt, L, right in questions:
             prompt = prompt.to(device)
             A = tasks.answer_len(task, L) + 1  # and the closing newline

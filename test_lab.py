@@ -603,6 +603,8 @@ BAD_PROMPTS = {
     "is not a copy question": ["--prompt", "390"],
     "is not a copy question ": ["--prompt", "39|0|"],
     "more than the checkpoint's block_size 24": ["--prompt", "0123456789012345|"],
+    "--examples takes 1 to 100": ["--examples", "-1"],
+    "--temperature must be zero or positive and finite": ["--temperature", "nan"],
 }
 
 
