@@ -197,7 +197,7 @@ def execute(args, todo, jobs, threads):
                     continue
                 done += 1
                 eta = (time.time() - t0) / done * (len(todo) - done - len(left))
-                print(f"[{done}/{len(todo)}] {train.summary(record)} | eta {train.fmt_time(eta)}", flush=True)
+                print(f"[{done}/{len(todo)} done] {train.summary(record)} | eta {train.fmt_time(eta)}", flush=True)
                 report.write_views(args.out_dir, records.read_records(args.out_dir))  # every process's records
     finally:
         for s, handler in handlers.items():

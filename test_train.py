@@ -4,6 +4,7 @@ or SIGTERM, the record policy, and every bad input refused in one line before an
 import importlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,6 +53,7 @@ def test_a_run_writes_its_record_log_and_checkpoint(tmp_path, capsys):
     assert ckpt["iter"] == 6 and Config(**ckpt["config"]).model == "ut"
     out = capsys.readouterr().out
     assert "tok/s" in out and "eta" in out and "block passes/token" in out and "passes " in out
+    assert re.search(r"final evaluation: L=3 char_acc [0-9.]+ seq_acc [0-9.]+ \| L=4 char_acc", out)  # every length
     log = (tmp_path / "addition_ut_s1337" / "train.log").read_text()
     assert "iter 00005/00006" in log and "addition_ut_s1337: char_acc" in log  # the console's lines, kept
     assert not (tmp_path / "results.json").exists()  # views are the lab's (report.py)

@@ -97,8 +97,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def parser(lab=None, doc=__doc__):
     """The flags of one run (and of the lab, where it passes its own: name -> (default, help))."""
-    p = ArgumentParser(prog=sys.argv[0], description=doc.split("\n\n")[0].strip(),
-                       epilog=None if lab else "A comparison's flags: python grid.py -h")
+    p = ArgumentParser(prog=os.path.basename(sys.argv[0]), description=doc.split("\n\n")[0].strip(),
+                       epilog=None if lab else "A comparison's flags: python grid.py -h; --report: python "
+                       "report.py -h; --eval_only: python evaluate.py -h")
     p.add_argument("--preset", choices=sorted(PRESETS), default="laptop", help="named settings (default: laptop)")
     for k, (v, what) in {**SETTINGS, **(lab or {})}.items():
         paper = f"; paper: {PRESETS['paper'][k]}" if k in PRESETS["paper"] else ""
@@ -435,6 +436,8 @@ def train_run(args, device, ckpt=None):
         stop.append(("evaluating", -math.inf))  # from here a signal stops at once: nothing is left to save
         passes["eval"] = [0, 0, 0.0]  # executed passes of the final evaluation only
         final = evaluate(model, task, args.eval_lengths, args.eval_examples, device, args.temperature, show=3)
+        print("final evaluation: " + " | ".join(f"L={n} char_acc {r['char_acc']:.3f} seq_acc {r['seq_acc']:.3f}"
+                                                 for n, r in final.items()))
     except KeyboardInterrupt:  # a second signal: at once, leaving the last checkpoint as it was
         where = "in the final evaluation" if stop and stop[-1][0] == "evaluating" else f"twice, at iter {it}"
         raise Interrupted(f"interrupted {where}; the last checkpoint saved is in {ckpt_path}. "
