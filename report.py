@@ -98,9 +98,9 @@ def natural(text):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", text)]
 
 
-def groups(records):
-    """[(row label, records)] in ladder order."""
-    label = row_keys(records)
+def groups(records, label=None):
+    """[(row label, records)] in ladder order; label: {id(record): row label}, row_keys' by default."""
+    label = label or row_keys(records)
     rows = {}
     for r in sorted(records, key=lambda r: (order_key(name_of(r)), natural(label[id(r)]), r["seed"])):
         rows.setdefault(label[id(r)], []).append(r)
@@ -283,10 +283,7 @@ def figure_groups(records):
         same = [x for x in records if x["task"] == r["task"] and name_of(x) == name_of(r)]
         varying = [k for k in keys if len({json.dumps(x["config"].get(k)) for x in same}) > 1]
         label[id(r)] = " ".join([name_of(r)] + [f"{k}={r['config'].get(k)}" for k in varying])
-    rows = {}
-    for r in sorted(records, key=lambda r: (order_key(name_of(r)), natural(label[id(r)]), r["seed"])):
-        rows.setdefault(label[id(r)], []).append(r)
-    return list(rows.items())
+    return groups(records, label)
 
 
 def seeds(ax, x, values, color):

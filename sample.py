@@ -51,9 +51,7 @@ def encode_prompt(text, task, block_size):
         shape = "a+b= with a and b of the same number of digits" if task == "addition" else "digits then |"
         raise UserError(f"prompt {text!r} is not a {task} question ({shape}, e.g. "
                         f"{tasks.decode(train.eval_set(task, 4, 1, 'cpu')[0, :tasks.prompt_len(task, 4)])})")
-    if tasks.seq_len(task, L) > block_size:
-        raise UserError(f"{task} at length {L} needs {tasks.seq_len(task, L)} tokens, more than the checkpoint's "
-                        f"block_size {block_size}")
+    train.check_fits(task, [L], block_size, "the checkpoint's block_size")
     return torch.tensor([tasks.encode(text)]), L
 
 
