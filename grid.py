@@ -94,7 +94,7 @@ def one_run(args, run):
     """The settings of one run of the grid, as train.py would parse its command."""
     task, name, seed = run
     return argparse.Namespace(**{**vars(args), "model": name, "task": task, "seed": seed,
-                                       "max_iters": matched_iters(args, task, name)})
+                                 "max_iters": matched_iters(args, task, name)})
 
 
 def command(args, run, resume=False, threads=0):
