@@ -498,9 +498,9 @@ def test_the_notes_of_the_paper_setting_are_what_its_records_say():
     out_dir = os.path.join(HERE, "results", "toward_paper", "step6_paper")
     for path, r in records.read_records(out_dir).items():
         assert r["config"]["preset"] == "paper" and r["iters"] == r["config"]["max_iters"] == 5000, path
-        row, e = notes_row("toward_paper", "## Step 6", r["name"]), r["eval"]
-        assert row[1:3] == [f"{e['10']['char_acc']:.3f}", f"{e['10']['seq_acc']:.3f}"], path
-        assert row[5] == "/".join(f"{q:.2f}" for q in report.quarters(e["10"]["pos_acc"])), path
+        row, e, at = notes_row("toward_paper", "## Step 6", r["name"]), r["eval"], report.at_training_length(r)
+        assert row[1:3] == [f"{at['char_acc']:.3f}", f"{at['seq_acc']:.3f}"], path
+        assert row[5] == "/".join(f"{q:.2f}" for q in report.quarters(at["pos_acc"])), path
         assert row[6] == " / ".join(f"{e[n]['char_acc']:.3f}" for n in ("20", "30", "40", "50")), path
         assert row[7] == f"{r['executed_block_passes_train']:.1f} / {r['executed_block_passes_eval']:.1f}", path
         sampled = open(os.path.join(out_dir, path, "eval_temperature1.txt")).read()  # --eval_only's output
