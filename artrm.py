@@ -33,25 +33,8 @@ IGNORE_INDEX = -1  # targets at prompt positions; cross_entropy skips them
 HALT_THRESHOLD = 1.0 - 1e-6  # ACT: a position halts when its cumulative p reaches this
 
 # -----------------------------------------------------------------------------
-# The block: the only thing any rung ever evaluates.
-
-class Dropout(nn.Dropout):
-    """nn.Dropout with a cheaper mask on CPU, where bernoulli_ draws one single-threaded
-    random number per element (~6% of a paper-setting step). Here each 64-bit draw gives
-    four 16-bit ones: p rounds to a multiple of 1/65536 (0.1 -> 0.100006) and kept values
-    are scaled by the exact inverse keep rate, so it stays unbiased. Other devices: F.dropout."""
-
-    def forward(self, x):
-        if not self.training or self.p == 0:
-            return x
-        if x.device.type != "cpu":
-            return F.dropout(x, self.p, training=True)
-        k = round(self.p * 65536)                                  # drop when a 16-bit draw < k
-        words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-2**63, None)  # all 64 bits
-        draws = words.view(torch.int16)[:x.numel()].view(x.shape)  # uniform on [-32768, 32767]
-        mask = (draws >= k - 32768).to(x.dtype).mul_(65536 / (65536 - k))
-        return x * mask
-
+# The block: the only thing any rung ever evaluates. (Its Dropout, a cheaper mask
+# on CPU, is with the helpers at the end of the file.)
 
 class CausalSelfAttention(nn.Module):
 
@@ -59,9 +42,11 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         assert config.n_embd % config.n_head == 0
         self.n_head = config.n_head
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)  # q, k, v in one matmul, no bias (as the authors)
+        # q, k, v in one matmul, no bias (as the authors)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
-        self.dropout = Dropout(config.dropout)  # on the output; the attention probabilities get theirs in SDPA
+        # on the output; the attention probabilities get theirs in SDPA
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x):
         B, T, C = x.size()
@@ -69,7 +54,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        p = self.dropout.p if self.training else 0.0  # dropout on the attention probabilities, as the authors
+        # dropout on the attention probabilities, as the authors
+        p = self.dropout.p if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)                 # (B, T, C)
         return self.dropout(self.c_proj(y))
@@ -120,39 +106,45 @@ LADDER = {  #   tied   step_emb halting   two_streams nested
 @dataclass
 class Config:
     model: str = "ar_trm"          # the rung, one of RUNGS
-    budget: int = 24               # block passes per token per forward, at the maximum (no early halt)
+    budget: int = 24               # block passes per token per forward, at most (no early halt)
     n_embd: int = 384              # width d
     n_head: int = 6
-    block_size: int = 180          # longest input the learned positions cover (addition at L=50 is 153)
+    block_size: int = 180          # longest input the positions cover (addition at L=50: 153)
     vocab_size: int = 14           # "0123456789|+=\n", see tasks.py
-    dropout: float = 0.1           # on the attention probabilities and the attention and MLP outputs
+    dropout: float = 0.1           # on the attention probabilities, attention and MLP outputs
     n_outer: int = 2               # H: outer cycles per ACT step (nested rungs only)
     n_inner: int = 2               # L: z-updates per outer cycle (nested rungs only)
     ponder_weight: float = 0.0     # ACT ponder cost weight; the paper uses 0
-    halt_explore: float = 0.25     # ar_trm in training: chance that a sequence draws a minimum step count (the paper's)
-    full_grad: bool = False        # extension: nested rungs backprop through every pass (no detach, no no_grad)
-    deep_supervision: bool = False # extension: loss on y after every step, state detached between steps (TRM)
-    halt_loss: bool = False        # extension: train ar_trm's halting head with BCE on "answer exactly right"
+    halt_explore: float = 0.25     # ar_trm, training: P(draw a minimum step count), as the paper
+    full_grad: bool = False        # extension: nested rungs backprop through every pass
+    deep_supervision: bool = False # extension: loss on every step's y, detached between steps (TRM)
+    halt_loss: bool = False        # extension: BCE for ar_trm's halt head on "answer exactly right"
 
     def __post_init__(self):
         if self.model not in RUNGS:
             raise ValueError(f"unknown model {self.model!r}; choose from {', '.join(RUNGS)}")
-        for ok, what in [(self.n_embd > 0 and self.n_head > 0 and self.n_embd % self.n_head == 0,
-                          f"n_embd ({self.n_embd}) must be a positive multiple of n_head ({self.n_head})"),
-                         (self.block_size > 0 and self.vocab_size > 0, "block_size and vocab_size must be positive"),
-                         (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
-                         (self.n_outer >= 1 and self.n_inner >= 1, "n_outer and n_inner must be at least 1"),
-                         (self.ponder_weight >= 0, f"ponder_weight must be >= 0, got {self.ponder_weight}"),
-                         (0 <= self.halt_explore <= 1, f"halt_explore must be in [0, 1], got {self.halt_explore}")]:
+        checks = [
+            (self.n_embd > 0 and self.n_head > 0 and self.n_embd % self.n_head == 0,
+             f"n_embd ({self.n_embd}) must be a positive multiple of n_head ({self.n_head})"),
+            (self.block_size > 0 and self.vocab_size > 0,
+             "block_size and vocab_size must be positive"),
+            (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
+            (self.n_outer >= 1 and self.n_inner >= 1, "n_outer and n_inner must be at least 1"),
+            (self.ponder_weight >= 0, f"ponder_weight must be >= 0, got {self.ponder_weight}"),
+            (0 <= self.halt_explore <= 1,
+             f"halt_explore must be in [0, 1], got {self.halt_explore}"),
+        ]
+        for ok, what in checks:
             if not ok:
                 raise ValueError(what)
         if self.budget <= 0 or self.budget % self.passes_per_step:
             k = self.passes_per_step
-            raise ValueError(f"budget {self.budget} is impossible for {self.model}: it spends {k} block "
-                             f"passes per step, so the budget must be a multiple of {k} "
+            raise ValueError(f"budget {self.budget} is impossible for {self.model}: it spends {k} "
+                             f"block passes per step, so the budget must be a multiple of {k} "
                              f"(e.g. {', '.join(str(k * i) for i in range(1, 5))})")
         if (self.full_grad or self.deep_supervision) and not self.rung.nested:
-            raise ValueError("full_grad and deep_supervision change the truncated gradients of nested_ut and ar_trm only")
+            raise ValueError("full_grad and deep_supervision change the truncated gradients of "
+                             "nested_ut and ar_trm only")
         if self.halt_loss and self.rung.halting != "binary":
             raise ValueError("halt_loss trains ar_trm's binary halting head; other rungs have none")
 
@@ -208,7 +200,8 @@ class ACTReadout:
         running = ~self.halted
         halting = running & (self.cum + p >= HALT_THRESHOLD)
         going = running & ~halting                       # still running after this step
-        self.rem = torch.where(halting, 1 - self.cum, self.rem)  # a halting position adds what is left
+        # a halting position adds what is left
+        self.rem = torch.where(halting, 1 - self.cum, self.rem)
         self.cum = torch.where(going, self.cum + p, self.cum)
         weight = torch.where(halting, self.rem, p * going)                      # (B, T)
         last = t == self.n_steps - 1
@@ -252,9 +245,11 @@ class HaltReadout:
 
     def update(self, y, t):
         last = t == self.n_steps - 1
-        stop = ((self.halt(y[:, 0]).squeeze(-1) > 0) | last) & (t + 1 >= self.min_steps)  # (B,)
+        fires = self.halt(y[:, 0]).squeeze(-1) > 0                             # (B,)
+        stop = (fires | last) & (t + 1 >= self.min_steps)                      # (B,)
         new = stop & ~self.done
-        if bool(new.any()):  # only a step that some sequence reads out joins the graph (and the backward)
+        # only a step that some sequence reads out joins the graph (and the backward)
+        if bool(new.any()):
             self.out = torch.where(new[:, None, None], y, self.out)              # (B, T, C)
         self.steps = self.steps + (~self.done).float().unsqueeze(-1)
         self.done = self.done | stop
@@ -266,7 +261,8 @@ READOUTS = {None: FinalReadout, "act": ACTReadout, "binary": HaltReadout}
 
 def cross_entropy(logits, targets):
     """Mean next-token loss over the answer tokens; prompt positions hold IGNORE_INDEX."""
-    return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1),
+                           ignore_index=IGNORE_INDEX)
 
 # -----------------------------------------------------------------------------
 # The model: one class for every rung.
@@ -280,16 +276,18 @@ class Model(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, d)
         self.wpe = nn.Embedding(config.block_size, d)  # learned absolute positions, no RoPE
         # rung 1 has N distinct blocks; rungs 2-7 evaluate one block again and again
-        self.blocks = nn.ModuleList(Block(config) for _ in range(1 if rung.tied else config.n_steps))
-        if rung.step_emb:
-            self.step_emb = nn.Embedding(config.n_steps, d)  # s_t, added to every block call of step t
+        n_blocks = 1 if rung.tied else config.n_steps
+        self.blocks = nn.ModuleList(Block(config) for _ in range(n_blocks))
+        if rung.step_emb:  # s_t, added to every block call of step t
+            self.step_emb = nn.Embedding(config.n_steps, d)
         if rung.two_streams:  # y (answer) and z (latent) start from learned vectors
             self.y_init = nn.Parameter(torch.zeros(d))
             self.z_init = nn.Parameter(torch.zeros(d))
         if rung.halting:
             self.halt = nn.Linear(d, 1)
         self.ln_f = nn.LayerNorm(d)
-        self.lm_head = nn.Linear(d, config.vocab_size)  # not tied to wte; with a bias, as the authors
+        # not tied to wte; with a bias, as the authors
+        self.lm_head = nn.Linear(d, config.vocab_size)
         self.apply(self._init_weights)
         if rung.two_streams:
             nn.init.normal_(self.y_init, std=0.02)
@@ -297,7 +295,8 @@ class Model(nn.Module):
         if rung.halting == "binary":  # TRM's q-head init: starts far from halting
             nn.init.zeros_(self.halt.weight)
             nn.init.constant_(self.halt.bias, -5.0)
-        self.last_steps = None  # (B, T) steps each position ran in the latest forward (see executed passes)
+        # (B, T) steps each position ran in the latest forward (see executed passes)
+        self.last_steps = None
         self.last_n_steps = config.n_steps  # the steps that forward could run at most
 
     def _init_weights(self, module):
@@ -306,44 +305,15 @@ class Model(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    @property
-    def truncated(self):  # rungs 6-7 as in the authors' code: detach per step, no_grad cycles
-        return self.config.rung.nested and not self.config.full_grad
-
-    @property
-    def grad_steps(self):
-        # Steps whose passes receive gradient in training. Every step's last cycle builds
-        # a graph (the halting head may pick any step's y), but with truncation and a
-        # final-only readout (ar_trm) the loss reaches only the step that is read out.
-        c = self.config
-        final_only = self.truncated and c.rung.halting == "binary" and not (c.deep_supervision or c.halt_loss)
-        return 1 if final_only else c.n_steps
-
-    def block(self, t):
-        return self.blocks[0 if self.config.rung.tied else t]
-
-    def step(self, x, y, z, t):
-        """The block passes of step t. Single stream: y is h and z is unused."""
-        c = self.config
-        s = self.step_emb.weight[t] if c.rung.step_emb else 0  # (C,)
-        if not c.rung.two_streams:
-            return self.block(t)(y + s), z
-        f = self.block(t)
-        n_outer, n_inner = (c.n_outer, c.n_inner) if c.rung.nested else (1, 1)
-        for cycle in range(n_outer):
-            # truncated gradients: only the last outer cycle builds a graph
-            with torch.set_grad_enabled(torch.is_grad_enabled() and (cycle == n_outer - 1 or not self.truncated)):
-                for _ in range(n_inner):
-                    z = f(x + y + z + s)  # the latent sees the question x ...
-                y = f(y + z + s)          # ... the answer does not: that tells f which job it does
-        return y, z
-
-    def forward(self, idx, targets=None, n_steps=None, extend="cycle"):
+    def forward(self, idx, targets=None, n_steps=None, extend="cycle", on_step=None):
         """Logits (B, T, V) and the loss if targets are given. n_steps (evaluation only) runs
         a tied rung for another number of steps than it was trained for: thinking longer or
         shorter at test time. Past the trained steps, the step embeddings are reused as the
         authors' inference-scaling script does, cyclically (extend="cycle": s_1..s_N, s_1...),
-        or the last one is repeated (extend="last")."""
+        or the last one is repeated (extend="last"). on_step, if given, is called as
+        on_step(t, y, readout) after step t's readout update, with that step's answer
+        stream y (B, T, C): a way to watch the steps (sample.py --steps) that changes
+        nothing of the forward."""
         c = self.config
         N = n_steps or c.n_steps
         if N != c.n_steps and not c.rung.tied:
@@ -360,24 +330,56 @@ class Model(nn.Module):
         for t in range(N):
             if self.truncated:  # each step starts from a detached state
                 y, z = y.detach(), z.detach()
-            k = t if t < c.n_steps else (t % c.n_steps if extend == "cycle" else c.n_steps - 1)  # trained step
+            k = t  # the trained step whose embedding step t uses
+            if t >= c.n_steps:  # past the trained steps (see extend)
+                k = t % c.n_steps if extend == "cycle" else c.n_steps - 1
             y, z = self.step(x, y, z, k)
             if targets is not None and (c.deep_supervision or c.halt_loss):
                 ce, bce = self.step_losses(y, targets)
                 ce_steps.append(ce)
                 bce_steps.append(bce)
-            if readout.update(y, t):
+            done = readout.update(y, t)
+            if on_step is not None:
+                on_step(t, y, readout)
+            if done:
                 break
         self.last_steps, self.last_n_steps = readout.steps.detach(), N
         logits = self.lm_head(self.ln_f(readout.out))                           # (B, T, V)
         if targets is None:
             return logits, None
-        loss = torch.stack(ce_steps).mean() if c.deep_supervision else cross_entropy(logits, targets)
+        if c.deep_supervision:
+            loss = torch.stack(ce_steps).mean()
+        else:
+            loss = cross_entropy(logits, targets)
         if c.halt_loss:
             loss = loss + torch.stack(bce_steps).mean()
         if c.rung.halting == "act" and c.ponder_weight:
             loss = loss + c.ponder_weight * readout.ponder_cost()
         return logits, loss
+
+    @property
+    def truncated(self):  # rungs 6-7 as in the authors' code: detach per step, no_grad cycles
+        return self.config.rung.nested and not self.config.full_grad
+
+    def block(self, t):
+        return self.blocks[0 if self.config.rung.tied else t]
+
+    def step(self, x, y, z, t):
+        """The block passes of step t. Single stream: y is h and z is unused."""
+        c = self.config
+        s = self.step_emb.weight[t] if c.rung.step_emb else 0  # (C,)
+        if not c.rung.two_streams:
+            return self.block(t)(y + s), z
+        f = self.block(t)
+        n_outer, n_inner = (c.n_outer, c.n_inner) if c.rung.nested else (1, 1)
+        for cycle in range(n_outer):
+            # truncated gradients: only the last outer cycle builds a graph
+            grad = torch.is_grad_enabled() and (cycle == n_outer - 1 or not self.truncated)
+            with torch.set_grad_enabled(grad):
+                for _ in range(n_inner):
+                    z = f(x + y + z + s)  # the latent sees the question x ...
+                y = f(y + z + s)          # ... the answer does not: that tells f which job it does
+        return y, z
 
     def step_losses(self, y, targets):
         """Extensions: the loss of one step's answer y (deep supervision) and, with
@@ -386,12 +388,50 @@ class Model(nn.Module):
         ce = cross_entropy(logits, targets)
         if not self.config.halt_loss:
             return ce, None
-        right = ((logits.argmax(-1) == targets) | (targets == IGNORE_INDEX)).all(dim=1)  # (B,)
+        right = (logits.argmax(-1) == targets) | (targets == IGNORE_INDEX)      # (B, T)
+        right = right.all(dim=1)                                                # (B,)
         q = self.halt(y[:, 0]).squeeze(-1)                                      # (B,)
         return ce, F.binary_cross_entropy_with_logits(q, right.float())
 
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=0.0, generator=None, n_steps=None,
+                 extend="cycle"):
+        """Decode a whole batch at once. temperature 0 is greedy; the paper's code
+        samples at temperature 1. No KV cache: the depth recurrence halts per forward."""
+        for _ in range(max_new_tokens):
+            logits, _ = self(idx, n_steps=n_steps, extend=extend)
+            logits = logits[:, -1, :]                                            # (B, V)
+            if temperature > 0:
+                probs = F.softmax(logits / temperature, dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator)          # (B, 1)
+            else:
+                nxt = logits.argmax(dim=-1, keepdim=True)                        # (B, 1)
+            idx = torch.cat((idx, nxt), dim=1)
+        return idx
+
+    def configure_optimizers(self, lr, weight_decay=0.01):
+        # AdamW decaying every parameter, biases and LayerNorm gains included, as the
+        # authors do (nanoGPT exempts vectors; the paper's model does not). betas are
+        # torch's default, (0.9, 0.999).
+        # fused: one kernel for all parameters, faster. AdamW takes fused=True for CUDA
+        # tensors from torch 2.0 and for CPU tensors from torch 2.4 (pytorch/pytorch#123074);
+        # before 2.4 it refuses CPU tensors, so older versions use the default there.
+        device = self.lm_head.weight.device.type
+        fused = device == "cuda" or (device == "cpu" and torch.__version__ >= "2.4")
+        return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
+
     # -------------------------------------------------------------------------
     # Compute accounting: the currency is block passes per token.
+
+    @property
+    def grad_steps(self):
+        # Steps whose passes receive gradient in training. Every step's last cycle builds
+        # a graph (the halting head may pick any step's y), but with truncation and a
+        # final-only readout (ar_trm) the loss reaches only the step that is read out.
+        c = self.config
+        final_only = (self.truncated and c.rung.halting == "binary"
+                      and not (c.deep_supervision or c.halt_loss))
+        return 1 if final_only else c.n_steps
 
     def compute_stats(self, seq_len=None, steps=None):
         """Parameters, block passes per token per forward (at the maximum), how many of
@@ -407,8 +447,10 @@ class Model(nn.Module):
         grad_steps = min(self.grad_steps, N)
         grad_passes = grad_steps * (c.n_inner + 1 if self.truncated else c.passes_per_step)
         pass_flops = 24 * d * d + 4 * d * (T + 1) / 2
-        head_flops = (N if c.deep_supervision or c.halt_loss else 1) * 2 * d * c.vocab_size  # lm_head readouts
-        halt_flops = {None: 0, "act": 2 * d, "binary": 2 * d / T}[c.rung.halting]  # per step; binary: position 0
+        heads = N if c.deep_supervision or c.halt_loss else 1  # lm_head readouts per forward
+        head_flops = heads * 2 * d * c.vocab_size
+        # the halting head, per step (binary: at position 0 only)
+        halt_flops = {None: 0, "act": 2 * d, "binary": 2 * d / T}[c.rung.halting]
         fwd = N * c.passes_per_step * pass_flops + head_flops + N * halt_flops
         bwd = 2 * (grad_passes * pass_flops + head_flops + grad_steps * halt_flops)
         return {
@@ -416,28 +458,28 @@ class Model(nn.Module):
             "block_passes": c.budget,
             "grad_block_passes": grad_passes,
             "train_flops_per_token": fwd + bwd,
-            "forward_flops_per_token": fwd,  # one training forward (evaluation reads one lm_head, not N)
+            # one training forward (evaluation reads one lm_head, not N)
+            "forward_flops_per_token": fwd,
         }
 
-    # -------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
+# Helpers
 
-    def configure_optimizers(self, lr, weight_decay=0.01, betas=(0.9, 0.999)):
-        # AdamW decaying every parameter, biases and LayerNorm gains included, as the
-        # authors do (nanoGPT exempts vectors; the paper's model does not).
-        fused = self.lm_head.weight.device.type in ("cpu", "cuda")  # one kernel for all params: faster
-        return torch.optim.AdamW(self.parameters(), lr=lr, betas=betas, weight_decay=weight_decay, fused=fused)
+class Dropout(nn.Dropout):
+    """nn.Dropout with a cheaper mask on CPU, where bernoulli_ draws one single-threaded
+    random number per element (~6% of a paper-setting step). Here each 64-bit draw gives
+    four 16-bit ones: p rounds to a multiple of 1/65536 (0.1 -> 0.100006) and kept values
+    are scaled by the exact inverse keep rate, so it stays unbiased. Other devices:
+    F.dropout."""
 
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=0.0, generator=None, n_steps=None, extend="cycle"):
-        """Decode a whole batch at once. temperature 0 is greedy; the paper's code
-        samples at temperature 1. No KV cache: the depth recurrence halts per forward."""
-        for _ in range(max_new_tokens):
-            logits, _ = self(idx, n_steps=n_steps, extend=extend)
-            logits = logits[:, -1, :]                                            # (B, V)
-            if temperature > 0:
-                probs = F.softmax(logits / temperature, dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=generator)          # (B, 1)
-            else:
-                nxt = logits.argmax(dim=-1, keepdim=True)                        # (B, 1)
-            idx = torch.cat((idx, nxt), dim=1)
-        return idx
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        k = round(self.p * 65536)                                  # drop when a 16-bit draw < k
+        n_words = (x.numel() + 3) // 4
+        words = torch.empty(n_words, dtype=torch.int64).random_(-2**63, None)  # all 64 bits
+        draws = words.view(torch.int16)[:x.numel()].view(x.shape)  # uniform on [-32768, 32767]
+        mask = (draws >= k - 32768).to(x.dtype).mul_(65536 / (65536 - k))
+        return x * mask

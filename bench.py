@@ -17,10 +17,15 @@ import time
 
 import torch
 
+import flags
 import tasks
 import train
 from artrm import Model
-from train import describe, eval_set, hardware, model_config, run_config, sync
+from flags import model_config
+from machine import get_device, hardware, sync
+from records import UserError, describe, write_json
+from resume import run_config
+from train import eval_set
 
 
 def timed(fn, device, repeats, warmup=2):
@@ -79,9 +84,11 @@ def bench(args, device, profile=False, repeats=5):
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
         # The ops that do the work (no aten op below them): on a GPU each is a kernel launch,
         # so a small model's step costs at least ops x the launch overhead, whatever its FLOPs.
-        ops = sum(e.name.startswith("aten::") and not any(c.name.startswith("aten::") for c in e.cpu_children)
+        ops = sum(e.name.startswith("aten::")
+                  and not any(c.name.startswith("aten::") for c in e.cpu_children)
                   for e in prof.events())
-        print(f"ops: {ops:,} aten ops per training step; the timed step is {step_s / ops * 1e6:.1f} µs per op")
+        print(f"ops: {ops:,} aten ops per training step; "
+              f"the timed step is {step_s / ops * 1e6:.1f} µs per op")
 
     # Evaluation: greedy decoding of the same examples, batched and one at a time. Their
     # forward FLOPs are counted in the warm-up run (the steps each forward's loop ran), so
@@ -108,7 +115,8 @@ def bench(args, device, profile=False, repeats=5):
     batched_s = timed(batched, device, repeats=3, warmup=0)
     single_s = timed(single, device, repeats=3, warmup=0)
     out = {
-        "train_step_s": step_s, "train_tokens_per_s": B * T / step_s, "train_flops_per_s": train_flops,
+        "train_step_s": step_s, "train_tokens_per_s": B * T / step_s,
+        "train_flops_per_s": train_flops,
         "executed_block_passes": executed * config.passes_per_step, "ops_per_step": ops,
         "matmul_flops_per_s": mm_flops / mm_s,
         "eval_batched_per_s": len(ex) / batched_s, "eval_single_per_s": n_single / single_s,
@@ -117,7 +125,8 @@ def bench(args, device, profile=False, repeats=5):
         "train_step_s_range": [min(step_times), max(step_times)],
         "matmul_flops_per_s_range": [mm_flops / max(mm_times), mm_flops / min(mm_times)],
         "model": name, "task": task, "n_digits": args.n_digits, "batch_size": B, "device": device,
-        "hardware": hardware(device), "torch": torch.__version__, "config": run_config(args),
+        "hardware": hardware(device), "torch": torch.__version__,
+        "config": run_config(args, train.DEFAULTS),
     }
     mm = out["matmul_flops_per_s"]
     out["matmul_fraction"] = train_flops / mm
@@ -127,15 +136,17 @@ def bench(args, device, profile=False, repeats=5):
           f"{out['executed_block_passes']:.1f}/{config.budget} passes executed | "
           f"{train_flops / 1e9:.1f} GFLOP/s useful")
     print(f"matmul: {mm / 1e9:.1f} GFLOP/s ({B * T}x{d} @ {d}x{4 * d}; "
-          f"{out['matmul_flops_per_s_range'][0] / 1e9:.0f}-{out['matmul_flops_per_s_range'][1] / 1e9:.0f}) | "
+          f"{out['matmul_flops_per_s_range'][0] / 1e9:.0f}-"
+          f"{out['matmul_flops_per_s_range'][1] / 1e9:.0f}) | "
           f"training fraction {out['matmul_fraction']:.2f}")
     print(f"eval: batched {out['eval_batched_per_s']:.1f} examples/s "
           f"({out['eval_batched_flops_per_s'] / mm:.2f} of matmul speed) vs one at a time "
-          f"{out['eval_single_per_s']:.1f} examples/s ({out['eval_single_flops_per_s'] / mm:.2f}) | "
+          f"{out['eval_single_per_s']:.1f} examples/s "
+          f"({out['eval_single_flops_per_s'] / mm:.2f}) | "
           f"speedup {out['eval_speedup']:.1f}x")
     os.makedirs(args.out_dir, exist_ok=True)
     path = os.path.join(args.out_dir, "bench.json")
-    train.write_json(path, out)
+    write_json(path, out)
     print(f"wrote {path}")
     return 0
 
@@ -143,20 +154,22 @@ def bench(args, device, profile=False, repeats=5):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if {"-h", "--help"} & set(argv):
-        print(__doc__.strip() + "\n\n--profile  also print torch.profiler's table of one training step\n"
+        print(__doc__.strip()
+              + "\n\n--profile  also print torch.profiler's table of one training step\n"
               "Every other flag is train.py's: python train.py -h")
         return 0
     profile = "--profile" in argv
     try:
-        args = train.parse_args([a for a in argv if a != "--profile"])
-        train.validate(args)
+        args = flags.parse_args([a for a in argv if a != "--profile"], train.SETTINGS,
+                                train.PRESETS, __doc__)
+        flags.validate(args)
         threads = torch.get_num_threads()
         torch.set_num_threads(args.threads or threads)  # --threads, as a run of the grid would get
         try:
-            return bench(args, train.get_device(args.device), profile)
+            return bench(args, get_device(args.device), profile)
         finally:
             torch.set_num_threads(threads)
-    except train.UserError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -2,7 +2,7 @@
 Evaluate saved checkpoints again, with each one's own config: at new lengths, sampled,
 or thinking longer or shorter at test time (a tied rung run for another number of steps).
 
-    python evaluate.py --model ut --task addition --eval_lengths 6,8      # out/addition_ut_s1337/ckpt.pt
+    python evaluate.py --model ut --task addition --eval_lengths 6,8  # reads out/<run>/ckpt.pt
     python evaluate.py --ckpt out/addition_ut_s1337/ckpt.pt --temperature 1
     python evaluate.py --model iter,ut --task addition --seeds 3 --eval_budgets 3,6,12,24
 
@@ -12,16 +12,25 @@ of its own that the report reads.
 """
 
 import os
+import statistics
 import sys
 
-from artrm import Config, Model
+import torch
+
+import flags
+import report
+import resume
 import train
-from train import UserError, evaluate, run_name
+from artrm import Config, Model
+from machine import get_device
+from records import UserError, code_version, run_name, write_json
+from train import evaluate
 
 FLAGS = dict(  # beside train.py's flags, which set the lengths, examples and temperature
     seeds=(1, "evaluate seeds seed .. seed+seeds-1"),
     ckpt=("", "a checkpoint file to evaluate, instead of each run's own in out_dir"),
-    eval_budgets=("", "comma list of test-time budgets to evaluate tied rungs at (think longer or shorter)"),
+    eval_budgets=("", "comma list of test-time budgets to evaluate tied rungs at "
+                  "(think longer or shorter)"),
     step_extend=("cycle", "step embeddings past the trained steps: cycle (the authors') or last"),
     eval_only=(False, "(what train.py hands over here)"),
 )
@@ -31,7 +40,8 @@ def budgets_of(value):
     try:
         return [int(s) for s in str(value).split(",") if s.strip()]
     except ValueError:
-        raise UserError(f"--eval_budgets takes a comma list of whole numbers, got {value!r}") from None
+        raise UserError("--eval_budgets takes a comma list of whole numbers, "
+                        f"got {value!r}") from None
 
 
 def check_test_budgets(config, args, where=""):
@@ -39,7 +49,8 @@ def check_test_budgets(config, args, where=""):
     if args.step_extend not in ("cycle", "last"):
         raise UserError(f"--step_extend is cycle or last, got {args.step_extend!r}")
     if args.eval_budgets and not config.rung.tied:
-        raise UserError(f"{where}--eval_budgets: dense has no tied depth to extend, its depth is its parameters")
+        raise UserError(f"{where}--eval_budgets: dense has no tied depth to extend, "
+                        "its depth is its parameters")
     for b in args.eval_budgets:
         try:
             Config(**{**vars(config), "budget": b})
@@ -52,17 +63,111 @@ def evaluate_budgets(model, task, seed, args, device, checkpoint, iters):
     test_budgets.json beside the checkpoint."""
     c, budgets = model.config, {}
     for b in args.eval_budgets:
-        budgets[str(b)] = at = evaluate(model, task, args.eval_lengths, args.eval_examples, device, args.temperature,
-                                        n_steps=b // c.passes_per_step, extend=args.step_extend)
+        budgets[str(b)] = at = evaluate(model, task, args.eval_lengths, args.eval_examples, device,
+                                        args.temperature, n_steps=b // c.passes_per_step,
+                                        extend=args.step_extend)
         print(f"test budget {b:3d} (trained at {c.budget}): " + " | ".join(
-            f"L={n} char_acc {r['char_acc']:.3f} seq_acc {r['seq_acc']:.3f} passes {r['passes']:.1f}"
+            f"L={n} char_acc {r['char_acc']:.3f} seq_acc {r['seq_acc']:.3f} "
+            f"passes {r['passes']:.1f}"
             for n, r in at.items()))
-    name = "+".join([c.model] + [e for e in train.EXTENSIONS if getattr(c, e)])
-    train.write_json(os.path.join(os.path.dirname(checkpoint), "test_budgets.json"), {
-        "task": task, "name": name, "model": c.model, "seed": seed, "checkpoint": checkpoint, "iters": iters,
-        "train_budget": c.budget, "extend": args.step_extend, "temperature": args.temperature,
-        "eval_examples": args.eval_examples, "budgets": budgets, "code": train.code_version()})
+    name = "+".join([c.model] + [e for e in flags.EXTENSIONS if getattr(c, e)])
+    write_json(os.path.join(os.path.dirname(checkpoint), "test_budgets.json"), {
+        "task": task, "name": name, "model": c.model, "seed": seed, "checkpoint": checkpoint,
+        "iters": iters, "train_budget": c.budget, "extend": args.step_extend,
+        "temperature": args.temperature, "eval_examples": args.eval_examples, "budgets": budgets,
+        "code": code_version()})
     return budgets
+
+# -----------------------------------------------------------------------------
+# The view of test_budgets.json: its tables (printed, and in results.md) and its figure.
+
+def budget_groups(entries):
+    """[(label, entries)] in ladder order: a model and the way it extends its steps."""
+    rows = {}
+    key = lambda e: (report.order_key(e["name"]), e["train_budget"], e["seed"] or 0)
+    for e in sorted(entries, key=key):
+        rows.setdefault(f"{e['name']} ({e['extend']})", []).append(e)
+    return list(rows.items())
+
+
+def budget_tables(entries):
+    """[(task, length, header, rows)]: per model (row) and test budget (column), char_acc
+    mean±std over seeds and the passes executed, from test_budgets.json records."""
+    out = []
+    for task in report.tasks_of(entries):
+        es = [e for e in entries if e["task"] == task]
+        lengths = sorted({int(n) for e in es for b in e["budgets"].values() for n in b})
+        budgets = sorted({int(b) for e in es for b in e["budgets"]})
+        for n in lengths:
+            header = ["model", "trained at", "seeds"] + [f"budget {b}" for b in budgets]
+            rows = []
+            for label, group in budget_groups(es):
+                row = [label, str(group[0]["train_budget"]), str(len(group))]
+                for b in budgets:
+                    cells = [e["budgets"][str(b)][str(n)] for e in group
+                             if str(n) in e["budgets"].get(str(b), {})]
+                    if not cells:  # a budget this model was not evaluated at
+                        row.append("")
+                        continue
+                    passes = statistics.mean(c["passes"] for c in cells)
+                    row.append(f"{report.pm(c['char_acc'] for c in cells)} ({passes:.1f})")
+                rows.append(row)
+            out.append((task, n, header, rows))
+    return out
+
+
+def budget_markdown(entries):
+    """results.md's sections of the test-time budgets (lines)."""
+    md = []
+    for task, n, header, rows in budget_tables(entries):
+        md += [f"## {task}: thinking longer or shorter at test time (L={n})", "",
+               "char_acc, mean±std over seeds, and the block passes executed per token "
+               "(at evaluation)", "", report.format_table(header, rows, markdown=True), ""]
+    return md
+
+
+def print_budget_tables(entries):
+    for task, n, header, rows in budget_tables(entries):
+        print(f"\n== {task}: char_acc at L={n} when thinking longer or shorter at test time "
+              f"(passes executed per token in brackets)\n")
+        print(report.format_table(header, rows))
+
+
+def plot_budgets(entries, out_dir):
+    """test_budgets.png: char_acc at the first evaluation length against the test budget,
+    a line through each model's means and a dot for each seed, one panel per task."""
+    tasks_here = report.tasks_of(entries)
+    plt = report.pyplot() if tasks_here else None
+    if plt is None:
+        return
+    n_tasks = len(tasks_here)
+    fig, axes = plt.subplots(1, n_tasks, figsize=(5.5 * n_tasks, 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks_here):
+        es = [e for e in entries if e["task"] == task]
+        n = min(int(n) for e in es for b in e["budgets"].values() for n in b)
+        rows = budget_groups(es)
+        for i, (label, group) in enumerate(rows):
+            budgets = sorted({int(b) for e in group for b in e["budgets"]})
+            accs = [[e["budgets"][str(b)][str(n)]["char_acc"] for e in group
+                     if str(b) in e["budgets"]] for b in budgets]
+            shift = 1.05 ** (i - (len(rows) - 1) / 2)  # side by side, so equal lines stay apart
+            st = report.style(i, len(rows))
+            xs = [b * shift for b in budgets]
+            ax.plot(xs, [statistics.mean(a) for a in accs], alpha=0.85, label=label, **st)
+            for x, a in zip(xs, accs):
+                ax.scatter([x] * len(a), a, s=10, color=st["color"], alpha=0.6, zorder=3)
+            ax.axvline(group[0]["train_budget"], color="grey", linewidth=0.5)
+        ax.axhline(0.1, color="grey", linestyle=":", linewidth=1)
+        ax.set(title=f"{task}: thinking longer at test time (L={n})",
+               xlabel="test budget (block passes per token; grey line: trained at)",
+               ylabel="char_acc (line: mean; dots: each seed)", xscale="log", ylim=(0, 1.02))
+        ticks = sorted({int(b) for e in es for b in e["budgets"]})
+        ax.set_xticks(ticks, [str(b) for b in ticks])
+        ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
+    axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    fig.tight_layout()
+    report.save(fig, os.path.join(out_dir, "test_budgets.png"))
+    plt.close(fig)
 
 
 def restore_model(ckpt, path, device):
@@ -78,24 +183,28 @@ def restore_model(ckpt, path, device):
 def main(argv=None):
     """Evaluate saved checkpoints (--ckpt FILE, or each run's own) with their own config."""
     try:
-        args = train.parse_args(argv, lab=FLAGS, doc=__doc__)
+        args = flags.parse_args(argv, {**train.SETTINGS, **FLAGS}, train.PRESETS, __doc__)
         args.eval_budgets = budgets_of(args.eval_budgets)
-        device = train.get_device(args.device)
+        device = get_device(args.device)
         if args.threads:
-            train.torch.set_num_threads(args.threads)
-        runs = [(t, m, s) for t in args.tasks for m in args.models for s in range(args.seed, args.seed + args.seeds)]
-        paths = [args.ckpt] if args.ckpt else [os.path.join(args.out_dir, run_name(*run), "ckpt.pt") for run in runs]
-        checked = []
-        for path, (task, _, seed) in zip(paths, runs):  # every checkpoint checked before any is evaluated
-            ckpt = train.load_checkpoint(path)
+            torch.set_num_threads(args.threads)
+        runs = [(t, m, s) for t in args.tasks for m in args.models
+                for s in range(args.seed, args.seed + args.seeds)]
+        own = [os.path.join(args.out_dir, run_name(*run), "ckpt.pt") for run in runs]
+        paths = [args.ckpt] if args.ckpt else own
+        checked = []  # every checkpoint checked before any is evaluated
+        for path, (task, _, seed) in zip(paths, runs):
+            ckpt = resume.load_checkpoint(path)
             task = ckpt.get("task", task)  # a checkpoint knows its task
             model = restore_model(ckpt, path, device)
-            train.check_fits(task, args.eval_lengths, model.config.block_size, "the checkpoint's block_size")
+            flags.check_fits(task, args.eval_lengths, model.config.block_size,
+                             "the checkpoint's block_size")
             check_test_budgets(model.config, args, f"{path}: ")
             checked.append((path, ckpt, task, ckpt.get("seed", seed), model))
         for path, ckpt, task, seed, model in checked:
             print(f"{path}: {model.config.model} on {task}, iter {ckpt['iter']}")
-            res = evaluate(model, task, args.eval_lengths, args.eval_examples, device, args.temperature, show=3)
+            res = evaluate(model, task, args.eval_lengths, args.eval_examples, device,
+                           args.temperature, show=3)
             for n, r in res.items():
                 print(f"  L={n}: char_acc {r['char_acc']:.3f} seq_acc {r['seq_acc']:.3f} "
                       f"pos_acc {' '.join(f'{v:.2f}' for v in r['pos_acc'])}")

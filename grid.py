@@ -4,6 +4,7 @@ would type for it, run as its own process, N at a time.
 
     python grid.py --model all --task all --seeds 3 --jobs 2      # 63 runs, 2 at a time
     python grid.py --model all --task all --seeds 3 --shard 0/8   # this machine's eighth of them
+    python grid.py --report --model all --task all --seeds 3      # its tables, and what it lacks
 
 (`python train.py` with the same flags hands them over to this file.) The run list is the
 same on every machine, in a fixed order. Every run is checked before any trains: a finished
@@ -27,28 +28,36 @@ import time
 import torch
 
 import evaluate
+import flags
 import records
 import report
+import resume
 import tasks
 import train
 from artrm import RUNGS, Model
-from train import UserError, run_name
+from machine import get_device
+from records import UserError, fmt_time, run_name, summary
 
 FLAGS = dict(  # the comparison's own flags, beside every flag of train.py
     seeds=(1, "run seeds seed .. seed+seeds-1"),
     jobs=(1, "runs at a time, each its own process (on GPU k mod count; CPU threads shared)"),
     shard=("", "K/N: run only the K-th of N disjoint slices of the run list (job arrays)"),
-    flops_match=("", "a model: each run trains for the FLOPs that model spends in max_iters (ceiling)"),
+    flops_match=("", "a model: each run trains for the FLOPs that model spends in max_iters "
+                 "(ceiling)"),
     eval_budgets=("", "after each run trains: evaluate.py at these test-time budgets (comma list)"),
     step_extend=("cycle", "with --eval_budgets: cycle or last (see evaluate.py)"),
     plot=(False, "write the figures too (report.py; needs matplotlib)"),
+    report=(False, "run nothing: the tables of out_dir's records, or of the grid that --model, "
+            "--task, --seed or --seeds name, with the commands of the runs it lacks"),
 )
-OWN = {"--model", "--task", "--seed", "--resume", "--threads", "--report"} | {f"--{k}" for k in FLAGS}
+HERE = os.path.dirname(os.path.abspath(__file__))
+OWN = {"--model", "--task", "--seed", "--resume", "--threads"} | {f"--{k}" for k in FLAGS}
 
 
 def plan(args):
     """Every run of the grid, in a fixed order: (task, model name, seed)."""
-    return [(t, m, s) for t in args.tasks for m in args.models for s in range(args.seed, args.seed + args.seeds)]
+    return [(t, m, s) for t in args.tasks for m in args.models
+            for s in range(args.seed, args.seed + args.seeds)]
 
 
 def shard(runs, k, n):
@@ -57,25 +66,28 @@ def shard(runs, k, n):
 
 
 def parse_args(argv=None):
-    args = train.parse_args(argv, lab=FLAGS, doc=__doc__)
+    args = flags.parse_args(argv, {**train.SETTINGS, **FLAGS}, train.PRESETS, __doc__)
     try:
-        args.shard_k, args.shard_n = (int(v) for v in args.shard.split("/")) if args.shard else (0, 1)
+        k_n = (int(v) for v in args.shard.split("/")) if args.shard else (0, 1)
+        args.shard_k, args.shard_n = k_n
         assert 0 <= args.shard_k < args.shard_n
     except (ValueError, AssertionError):
-        raise UserError(f"--shard takes K/N with 0 <= K < N (e.g. 0/8), got {args.shard!r}") from None
+        raise UserError("--shard takes K/N with 0 <= K < N (e.g. 0/8), "
+                        f"got {args.shard!r}") from None
     return args
 
 
 def validate(args):
-    train.validate(args)
+    flags.validate(args)
     for k in ("seeds", "jobs"):
         if getattr(args, k) <= 0:
             raise UserError(f"--{k} must be positive, got {getattr(args, k)}")
     if args.flops_match:
-        train.model_config(args, train.expand(args.flops_match, RUNGS, "model")[0])
-    budgets = argparse.Namespace(**{**vars(args), "eval_budgets": evaluate.budgets_of(args.eval_budgets)})
+        flags.model_config(args, flags.expand(args.flops_match, RUNGS, "model")[0])
+    budgets = argparse.Namespace(**{**vars(args),
+                                    "eval_budgets": evaluate.budgets_of(args.eval_budgets)})
     for name in args.models:
-        evaluate.check_test_budgets(train.model_config(args, name), budgets)
+        evaluate.check_test_budgets(flags.model_config(args, name), budgets)
 
 
 def matched_iters(args, task, name):
@@ -85,7 +97,7 @@ def matched_iters(args, task, name):
         return args.max_iters
     T = tasks.seq_len(task, args.n_digits)
     with torch.device("meta"):  # no memory, no init: only the FLOP count is wanted
-        ref, own = (Model(train.model_config(args, n)).compute_stats(T)["train_flops_per_token"]
+        ref, own = (Model(flags.model_config(args, n)).compute_stats(T)["train_flops_per_token"]
                     for n in (args.flops_match, name))
     return round(args.max_iters * ref / own)
 
@@ -97,10 +109,23 @@ def one_run(args, run):
                                  "max_iters": matched_iters(args, task, name)})
 
 
+def strip_flags(argv, drop):
+    """argv without the flags in drop and their values (a value is what does not start with --)."""
+    out, skip = [], False
+    for a in argv:
+        if a.startswith("--"):
+            flag = a.split("=")[0]
+            skip = flag in drop or flag.replace("--no-", "--") in drop
+        if not skip:
+            out.append(a)
+    return out
+
+
 def command(args, run, resume=False, threads=0):
     """The train.py command of one run: the grid's flags, less its own, with the run's."""
     this = one_run(args, run)
-    return (["python", "train.py"] + report.strip_flags(args.argv, OWN | ({"--max_iters"} if args.flops_match else set()))
+    drop = OWN | ({"--max_iters"} if args.flops_match else set())
+    return (["python", "train.py"] + strip_flags(args.argv, drop)
             + ["--model", this.model, "--task", this.task, "--seed", str(this.seed)]
             + (["--max_iters", str(this.max_iters)] if args.flops_match else [])
             + (["--resume"] if resume else []) + (["--threads", str(threads)] if threads else []))
@@ -114,8 +139,9 @@ def compare(args):
     todo = []
     for run in mine:  # every run checked before any trains
         this = one_run(args, run)
-        this.resume = args.resume and os.path.exists(os.path.join(args.out_dir, run_name(*run), "ckpt.pt"))
-        state = train.prior(this)
+        ckpt = os.path.join(args.out_dir, run_name(*run), "ckpt.pt")
+        this.resume = args.resume and os.path.exists(ckpt)
+        state = resume.prior(this, train.DEFAULTS)
         if state != "finished":
             todo.append((run, state is not None))
     jobs = min(args.jobs, len(todo)) or 1
@@ -126,21 +152,23 @@ def compare(args):
     os.makedirs(args.out_dir, exist_ok=True)
     t0, left = time.time(), execute(args, todo, jobs, threads)
     recorded = records.read_records(args.out_dir)
-    grid = {run_name(*r): recorded[run_name(*r)] for r in runs if run_name(*r) in recorded}
-    report.print_tables(grid.values())
-    budgets = [e for e in records.read_test_budgets(args.out_dir) if run_name(e["task"], e["name"], e["seed"]) in grid]
-    report.print_budget_tables(budgets)
+    shown, budgets = show(args, recorded, runs)
     if args.plot:
-        report.plot(grid, args.out_dir)
-        report.plot_budgets(budgets, args.out_dir)
-    print(f"\nrecords in {args.out_dir}/<run>/record.json; views {args.out_dir}/results.json and results.md "
-          f"({train.fmt_time(time.time() - t0)} in all)")
+        report.plot(shown, args.out_dir)
+        evaluate.plot_budgets(budgets, args.out_dir)
+    print(f"\nrecords in {args.out_dir}/<run>/record.json; "
+          f"views {args.out_dir}/results.json and results.md "
+          f"({fmt_time(time.time() - t0)} in all)")
     for run, why in left:
-        resume = os.path.exists(os.path.join(args.out_dir, run_name(*run), "ckpt.pt"))
-        print(f"{run_name(*run)} did not finish ({why}); to go on with it: {shlex.join(command(args, run, resume))}",
-              file=sys.stderr)
+        saved = os.path.exists(os.path.join(args.out_dir, run_name(*run), "ckpt.pt"))
+        print(f"{run_name(*run)} did not finish ({why}); "
+              f"to go on with it: {shlex.join(command(args, run, saved))}", file=sys.stderr)
     failed = any(recorded.get(run_name(*r), {}).get("status") == "failed" for r, _ in todo)
-    return 130 if any(why.startswith("stopped") for _, why in left) else 1 if failed or left else 0
+    if any(why.startswith("stopped") for _, why in left):
+        return 130
+    if failed or left:
+        return 1
+    return 0
 
 
 def execute(args, todo, jobs, threads):
@@ -148,7 +176,7 @@ def execute(args, todo, jobs, threads):
     slots, running, stopping, left = queue.Queue(), {}, [], []
     for k in range(jobs):
         slots.put(k)
-    gpus = torch.cuda.device_count() if train.get_device(args.device) == "cuda" else 0
+    gpus = torch.cuda.device_count() if get_device(args.device) == "cuda" else 0
 
     def on_signal(signum, frame):  # pass it on to every run: each saves its checkpoint and stops
         stopping.append(signal.Signals(signum).name)
@@ -161,22 +189,24 @@ def execute(args, todo, jobs, threads):
         k = slots.get()
         cmd = command(args, run, resume, threads)
         log = os.path.join(args.out_dir, run_name(*run), "train.log")
-        print(f"[{i + 1}/{len(todo)}] start {run_name(*run)}" + (f" (log: {log})" if jobs > 1 else "")
-              + f"\n  {shlex.join(cmd)}", flush=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"CUDA_VISIBLE_DEVICES": str(k % gpus)} if gpus > 1 else {})}
+        print(f"[{i + 1}/{len(todo)}] start {run_name(*run)}"
+              + (f" (log: {log})" if jobs > 1 else "") + f"\n  {shlex.join(cmd)}", flush=True)
+        gpu = {"CUDA_VISIBLE_DEVICES": str(k % gpus)} if gpus > 1 else {}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **gpu}
         quiet = subprocess.DEVNULL if jobs > 1 else None  # the run writes its own train.log
         try:  # a session of its own: a terminal's Ctrl-C reaches it once, from here
-            p = running[run] = subprocess.Popen([sys.executable, os.path.join(train.HERE, "train.py"), *cmd[2:]],
-                                                env=env, stdout=quiet, stderr=quiet, start_new_session=True)
+            argv = [sys.executable, os.path.join(HERE, "train.py"), *cmd[2:]]
+            p = running[run] = subprocess.Popen(argv, env=env, stdout=quiet, stderr=quiet,
+                                                start_new_session=True)
             if stopping:
                 p.send_signal(signal.SIGINT)
             code = p.wait()
             if code == 0 and args.eval_budgets and not stopping:
-                code = subprocess.call([sys.executable, os.path.join(train.HERE, "evaluate.py")]
-                                       + report.strip_flags(args.argv, OWN - {"--eval_budgets", "--step_extend"})
-                                       + ["--model", run[1], "--task", run[0], "--seed", str(run[2])]
-                                       + (["--threads", str(threads)] if threads else []),
-                                       env=env, stdout=quiet, stderr=quiet)
+                eval_cmd = ([sys.executable, os.path.join(HERE, "evaluate.py")]
+                            + strip_flags(args.argv, OWN - {"--eval_budgets", "--step_extend"})
+                            + ["--model", run[1], "--task", run[0], "--seed", str(run[2])]
+                            + (["--threads", str(threads)] if threads else []))
+                code = subprocess.call(eval_cmd, env=env, stdout=quiet, stderr=quiet)
             return code
         finally:
             running.pop(run, None)
@@ -186,28 +216,82 @@ def execute(args, todo, jobs, threads):
     t0, done = time.time(), 0
     try:
         with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-            futures = {pool.submit(start, i, run, resume): run for i, (run, resume) in enumerate(todo)}
+            futures = {pool.submit(start, i, run, resume): run
+                       for i, (run, resume) in enumerate(todo)}
             for f in concurrent.futures.as_completed(futures):
                 run, code = futures[f], f.result()
-                record = records.read_record(os.path.join(args.out_dir, run_name(*run), "record.json"))
+                path = os.path.join(args.out_dir, run_name(*run), "record.json")
+                record = records.read_record(path)
                 if record is None:  # killed, stopped, or never started
-                    why = "not started" if code is None else f"stopped by {stopping[0]}" if stopping else \
-                        f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+                    if code is None:
+                        why = "not started"
+                    elif stopping:
+                        why = f"stopped by {stopping[0]}"
+                    elif code < 0:
+                        why = f"killed by {signal.Signals(-code).name}"
+                    else:
+                        why = f"exit status {code}"
                     left.append((run, why))
                     continue
                 done += 1
                 eta = (time.time() - t0) / done * (len(todo) - done - len(left))
-                print(f"[{done}/{len(todo)} done] {train.summary(record)} | eta {train.fmt_time(eta)}", flush=True)
-                report.write_views(args.out_dir, records.read_records(args.out_dir))  # every process's records
+                print(f"[{done}/{len(todo)} done] {summary(record)} | eta {fmt_time(eta)}",
+                      flush=True)
+                # from every process's records, not only this one's
+                write_views(args.out_dir, records.read_records(args.out_dir))
     finally:
         for s, handler in handlers.items():
             signal.signal(s, handler)
     return [(run, why) for run, _ in todo for r, why in left if r == run]  # in the grid's order
 
 
+def show(args, recorded, runs=None):
+    """Print the tables of these runs' records and test-time budgets (of every one in out_dir
+    where runs is None); ({run: record}, budgets) shown, for the figures."""
+    shown, budgets = recorded, records.read_test_budgets(args.out_dir)
+    if runs is not None:
+        shown = {run_name(*r): recorded[run_name(*r)] for r in runs if run_name(*r) in recorded}
+        budgets = [e for e in budgets if run_name(e["task"], e["name"], e["seed"]) in shown]
+    report.print_tables(shown.values())
+    evaluate.print_budget_tables(budgets)
+    return shown, budgets
+
+
+def write_views(out_dir, recorded):
+    """results.json and results.md of these records, with the test-time budgets' tables."""
+    budgets = evaluate.budget_markdown(records.read_test_budgets(out_dir))
+    report.write_views(out_dir, recorded, budgets)
+
+
+def view(args):
+    """--report: the tables of out_dir's records, or of the grid the flags name with the
+    commands of the runs it lacks; results.json and results.md rebuilt from every record."""
+    recorded = records.read_records(args.out_dir)
+    if not recorded:
+        raise UserError(f"no run records in {args.out_dir} (they are <out_dir>/<run>/record.json)")
+    asked = any(a.split("=")[0] in ("--model", "--task", "--seed", "--seeds") for a in args.argv)
+    runs = plan(args) if asked else None
+    shown, budgets = show(args, recorded, runs)
+    missing = [r for r in runs or [] if recorded.get(run_name(*r), {}).get("status") != "ok"]
+    if missing:
+        print(f"\n{len(missing)} of {len(runs)} run(s) of this grid are missing or failed; "
+              "to run them:")
+    for run in missing:
+        state = "failed" if run_name(*run) in recorded else "missing"
+        print(f"  {state}: {shlex.join(command(args, run))}")
+    write_views(args.out_dir, recorded)
+    if args.plot:
+        report.plot(shown, args.out_dir)
+        evaluate.plot_budgets(budgets, args.out_dir)
+    print(f"\nwrote {args.out_dir}/results.json and results.md from {len(recorded)} record(s)")
+    return 0
+
+
 def main(argv=None):
     try:
         args = parse_args(argv)
+        if args.report:
+            return view(args)
         validate(args)
         return compare(args)
     except UserError as e:

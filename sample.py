@@ -21,76 +21,78 @@ import torch
 
 import artrm
 import evaluate
+import flags
+import resume
 import tasks
 import train
+from machine import get_device
 from records import UserError
 
 
 def parse_args(argv=None):
-    p = train.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    p = flags.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     p.add_argument("--ckpt", required=True, help="a run's ckpt.pt")
-    p.add_argument("--prompt", action="append", default=[], help="a question, e.g. 3907| (may repeat)")
-    p.add_argument("--examples", type=int, default=3, help="with no --prompt: this many held-out examples (at most 100)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 greedy, 1 samples as the paper's code")
+    p.add_argument("--prompt", action="append", default=[],
+                   help="a question, e.g. 3907| (may repeat)")
+    p.add_argument("--examples", type=int, default=3,
+                   help="with no --prompt: this many held-out examples (at most 100)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 greedy, 1 samples as the paper's code")
     p.add_argument("--steps", action="store_true", help="the answer after every step of the rung")
-    p.add_argument("--plot", default="", help="with --steps: write the steps as a figure to this PNG")
+    p.add_argument("--plot", default="",
+                   help="with --steps: write the steps as a figure to this PNG")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    p.add_argument("--seed", type=int, default=1337, help="for --temperature > 0 and the held-out draw")
+    p.add_argument("--seed", type=int, default=1337,
+                   help="for --temperature > 0 and the held-out draw")
     return p.parse_args(argv)
 
 
 def encode_prompt(text, task, block_size):
     """The prompt's tokens and its operand length L, or one line saying what is wrong with it."""
-    if bad := sorted(set(text) - set(tasks.VOCAB)):
-        raise UserError(f"prompt {text!r} has characters outside the vocabulary {tasks.VOCAB!r}: {''.join(bad)!r}")
+    bad = sorted(set(text) - set(tasks.VOCAB))
+    if bad:
+        raise UserError(f"prompt {text!r} has characters outside the vocabulary "
+                        f"{tasks.VOCAB!r}: {''.join(bad)!r}")
     digits = text[:-1].split("+") if task == "addition" else [text[:-1]]
     end = "=" if task == "addition" else "|"
+    operands = 2 if task == "addition" else 1
     L = len(digits[0])
-    if not text.endswith(end) or L == 0 or any(len(d) != L or not d.isdigit() for d in digits) or \
-            len(digits) != (2 if task == "addition" else 1):
-        shape = "a+b= with a and b of the same number of digits" if task == "addition" else "digits then |"
+    if (not text.endswith(end) or L == 0
+            or any(len(d) != L or not d.isdigit() for d in digits) or len(digits) != operands):
+        shape = ("a+b= with a and b of the same number of digits" if task == "addition"
+                 else "digits then |")
+        example = train.eval_set(task, 4, 1, "cpu")[0, :tasks.prompt_len(task, 4)]
         raise UserError(f"prompt {text!r} is not a {task} question ({shape}, e.g. "
-                        f"{tasks.decode(train.eval_set(task, 4, 1, 'cpu')[0, :tasks.prompt_len(task, 4)])})")
-    train.check_fits(task, [L], block_size, "the checkpoint's block_size")
+                        f"{tasks.decode(example)})")
+    flags.check_fits(task, [L], block_size, "the checkpoint's block_size")
     return torch.tensor([tasks.encode(text)]), L
 
 
 class Recorder:
-    """Stands in for the readout class during one forward and keeps, for every step, the
-    answer stream y and what the readout decides from it (ACT: each position's halting
-    probability; ar_trm: the halting head's logit). Every call goes on to the real readout,
-    so the forward computes what it always does."""
+    """Watches one forward as its on_step observer and keeps, for every step, the answer
+    stream y and what the readout decides from it (ACT: each position's halting
+    probability; ar_trm: the halting head's logit). It only reads, so the forward computes
+    what it always does."""
 
-    def __init__(self, readout_class):
-        self.readout_class, self.ys, self.p, self.logits = readout_class, [], [], []
+    def __init__(self):
+        self.ys, self.p, self.logits = [], [], []
 
-    def __call__(self, model, y, n_steps):
-        self.real = self.readout_class(model, y, n_steps)
-        return self
-
-    def update(self, y, t):
+    def __call__(self, t, y, readout):
         self.ys.append(y)
-        if isinstance(self.real, artrm.ACTReadout):
-            self.p.append(torch.sigmoid(self.real.halt(y)).squeeze(-1))             # (B, T)
-        if isinstance(self.real, artrm.HaltReadout):
-            self.logits.append(self.real.halt(y[:, 0]).squeeze(-1))                 # (B,)
-        return self.real.update(y, t)
-
-    def __getattr__(self, name):  # out, steps, ponder_cost: the real readout's
-        return getattr(self.real, name)
+        if isinstance(readout, artrm.ACTReadout):
+            self.p.append(torch.sigmoid(readout.halt(y)).squeeze(-1))                   # (B, T)
+        if isinstance(readout, artrm.HaltReadout):
+            self.logits.append(readout.halt(y[:, 0]).squeeze(-1))                       # (B,)
 
 
 @torch.no_grad()
 def steps_of(model, idx):
     """The logits read out after every step, the logits of the forward itself, and what the
-    recorder kept. The readout class is stood in for during the forward, then put back."""
-    kind = model.config.rung.halting
-    recorder = artrm.READOUTS[kind] = Recorder(artrm.READOUTS[kind])
-    try:
-        logits, _ = model(idx)
-    finally:
-        artrm.READOUTS[kind] = recorder.readout_class
-    return [model.lm_head(model.ln_f(y)) for y in recorder.ys], logits, recorder                # [(B, T, V)]
+    recorder kept, all from one normal forward that the recorder watches."""
+    recorder = Recorder()
+    logits, _ = model(idx, on_step=recorder)
+    per_step = [model.lm_head(model.ln_f(y)) for y in recorder.ys]          # [(B, T, V)]
+    return per_step, logits, recorder
 
 
 def show_steps(model, prompt, answer):
@@ -103,15 +105,22 @@ def show_steps(model, prompt, answer):
     rows = [read(lg) for lg in per_step]
     c = model.config
     name = "step" if c.rung.tied else "block"
-    print(f"  {len(rows)} {name}s of {c.passes_per_step} block pass(es) each; the answer read out after each:")
+    print(f"  {len(rows)} {name}s of {c.passes_per_step} block pass(es) each; "
+          "the answer read out after each:")
     for t, row in enumerate(rows):
-        changed = "".join("^" if a != b else " " for a, b in zip(row, rows[t - 1])) if t else " " * len(row)
-        extra = (f"  halting logit {float(rec.logits[t][0]):+.2f}" if rec.logits else
-                 f"  p {' '.join(f'{v:.2f}' for v in rec.p[t][0, at].tolist())}" if rec.p else "")
+        changed = " " * len(row)
+        if t:
+            changed = "".join("^" if a != b else " " for a, b in zip(row, rows[t - 1]))
+        extra = ""
+        if rec.logits:
+            extra = f"  halting logit {float(rec.logits[t][0]):+.2f}"
+        elif rec.p:
+            extra = f"  p {' '.join(f'{v:.2f}' for v in rec.p[t][0, at].tolist())}"
         print(f"  {name} {t + 1:2d}  {row}  {changed}{extra}")
     if rec.p:  # ACT reads out a weighted sum of the steps, not the last one
-        print(f"  output   {read(logits)}   (ACT's weighted sum; the steps each answer position ran: "
-              f"{' '.join(str(int(s)) for s in rec.steps[0, at].tolist())})")
+        ran = " ".join(str(int(s)) for s in model.last_steps[0, at].tolist())
+        print(f"  output   {read(logits)}   (ACT's weighted sum; "
+              f"the steps each answer position ran: {ran})")
     return rows, read(logits), rec
 
 
@@ -121,30 +130,36 @@ def main(argv=None):
         if not 1 <= args.examples <= 100:
             raise UserError(f"--examples takes 1 to 100, got {args.examples}")
         if not 0 <= args.temperature < float("inf"):
-            raise UserError(f"--temperature must be zero or positive and finite, got {args.temperature}")
-        ckpt = train.load_checkpoint(args.ckpt)
+            raise UserError("--temperature must be zero or positive and finite, "
+                            f"got {args.temperature}")
+        ckpt = resume.load_checkpoint(args.ckpt)
         if "task" not in ckpt:
             raise UserError(f"{args.ckpt} does not say which task it was trained on")
-        device = train.get_device(args.device)
+        device = get_device(args.device)
         model = evaluate.restore_model(ckpt, args.ckpt, device).eval()
         task = ckpt["task"]
         g = torch.Generator(device=device).manual_seed(args.seed)
         if args.prompt:
-            questions = [(*encode_prompt(p, task, model.config.block_size), None) for p in args.prompt]
+            questions = [(*encode_prompt(p, task, model.config.block_size), None)
+                         for p in args.prompt]
         else:  # a few of the held-out examples the run was evaluated on, drawn by --seed
             L = ckpt.get("n_digits", 6)
             ex = train.eval_set(task, L, 100, "cpu")
-            pick = torch.randperm(len(ex), generator=torch.Generator().manual_seed(args.seed))[:args.examples]
+            draw = torch.Generator().manual_seed(args.seed)
+            pick = torch.randperm(len(ex), generator=draw)[:args.examples]
             P = tasks.prompt_len(task, L)
-            questions = [(ex[i:i + 1, :P], L, tasks.decode(ex[i, P:]).replace("\n", "⏎")) for i in pick.tolist()]
+            questions = [(ex[i:i + 1, :P], L, tasks.decode(ex[i, P:]).replace("\n", "⏎"))
+                         for i in pick.tolist()]
         for prompt, L, right in questions:
             prompt = prompt.to(device)
             A = tasks.answer_len(task, L) + 1  # and the closing newline
-            out = model.generate(prompt, A, temperature=args.temperature, generator=g if args.temperature else None)
+            out = model.generate(prompt, A, temperature=args.temperature,
+                                 generator=g if args.temperature else None)
             answer = out[:, prompt.size(1):]
             said = tasks.decode(answer[0]).replace("\n", "⏎")
-            print(f"{tasks.decode(prompt[0])}{said}" + (f"   right: {right} {'✓' if said == right else '✗'}"
-                                                       if right else ""))
+            mark = "✓" if said == right else "✗"
+            check = f"   right: {right} {mark}" if right else ""
+            print(f"{tasks.decode(prompt[0])}{said}{check}")
             if args.steps:
                 rows, _, _ = show_steps(model, prompt, answer)
                 if args.plot:
@@ -162,15 +177,16 @@ def plot_steps(rows, model, prompt, path):
     plt = report.pyplot()
     if plt is None:
         return
-    changed = [[0] * len(rows[0])] + [[int(a != b) for a, b in zip(r, p)] for r, p in zip(rows[1:], rows)]
+    changed = [[0] * len(rows[0])] + [[int(a != b) for a, b in zip(r, p)]
+                                      for r, p in zip(rows[1:], rows)]
     fig, ax = plt.subplots(figsize=(1 + 0.45 * len(rows[0]), 0.8 + 0.3 * len(rows)))
     ax.imshow(changed, cmap="Oranges", vmin=0, vmax=1.5, aspect="auto")
     for t, row in enumerate(rows):
         for j, ch in enumerate(row):
             ax.text(j, t, ch, ha="center", va="center", fontsize=9)
     name = "step" if model.config.rung.tied else "block"
-    ax.set(xlabel="answer position", ylabel=name, title=f"{model.config.model}: {prompt} {name} by {name} "
-           "(shaded: changed)")
+    ax.set(xlabel="answer position", ylabel=name,
+           title=f"{model.config.model}: {prompt} {name} by {name} (shaded: changed)")
     ax.set_xticks(range(len(rows[0])), range(1, len(rows[0]) + 1))
     ax.set_yticks(range(len(rows)), range(1, len(rows) + 1))
     report.save(fig, path)

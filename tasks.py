@@ -49,15 +49,15 @@ def make_examples(task, n_digits, batch_size, generator=None, device="cpu"):
         raise ValueError(f"n_digits must be positive, got {n_digits}")
     B, L = batch_size, n_digits
     col = lambda tok: torch.full((B, 1), tok, dtype=torch.long, device=device)
-    a = torch.randint(0, 10, (B, L), generator=generator, device=device)           # (B, L) digits, MSB first
+    a = torch.randint(0, 10, (B, L), generator=generator, device=device)  # (B, L) digits, MSB first
     if task == "copy":
         parts = (a, col(SEP), a)
     elif task == "reverse":
         parts = (a, col(SEP), a.flip(1))
     else:
-        b = torch.randint(0, 10, (B, L), generator=generator, device=device)       # (B, L)
+        b = torch.randint(0, 10, (B, L), generator=generator, device=device)  # (B, L)
         parts = (a, col(PLUS), b, col(EQ), add_digits(a, b))
-    return torch.cat(parts + (col(EOS),), dim=1)                                    # (B, seq_len + 1)
+    return torch.cat(parts + (col(EOS),), dim=1)  # (B, seq_len + 1)
 
 
 def add_digits(a, b):

@@ -1,5 +1,6 @@
 """Tests of the ladder's defining properties and the task data: the model, CPU only, small.
-The run is tested in test_train.py, the lab (grid, evaluate, report, bench) in test_lab.py."""
+The run is tested in test_train.py; the lab in a file per part (test_grid.py, test_evaluate.py,
+test_report.py, test_bench.py, test_sample.py); the README against the records in test_notes.py."""
 
 import math
 import os
@@ -63,7 +64,8 @@ def test_dropout_is_the_identity_and_draws_nothing_when_off():
     x = torch.randn(8, 5)
     state = torch.get_rng_state()
     assert artrm.Dropout(0.1).eval()(x) is x and artrm.Dropout(0.0).train()(x) is x
-    assert torch.equal(torch.get_rng_state(), state)  # the laptop preset (p=0) consumes no randomness
+    # the laptop preset (p=0) consumes no randomness
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 @pytest.mark.parametrize("rung", PAPER_RUNGS)
@@ -76,8 +78,10 @@ def test_every_rung_is_causal(rung):
         changed[:, t + 1] = (changed[:, t + 1] + 1 + torch.arange(3)) % 14
         a, _ = model(idx)
         b, _ = model(changed)
-        assert torch.allclose(a[:, : t + 1], b[:, : t + 1], atol=1e-6), f"{rung}: logits <= {t} saw token {t + 1}"
-        assert not torch.allclose(a[:, t + 1], b[:, t + 1]), f"{rung}: token {t + 1} had no effect at all"
+        assert torch.allclose(a[:, : t + 1], b[:, : t + 1], atol=1e-6), \
+            f"{rung}: logits <= {t} saw token {t + 1}"
+        assert not torch.allclose(a[:, t + 1], b[:, t + 1]), \
+            f"{rung}: token {t + 1} had no effect at all"
 
 
 @pytest.mark.parametrize("rung", PAPER_RUNGS[1:])
@@ -131,12 +135,14 @@ def test_block_passes_counted_by_hooks_match_compute_stats(rung, budget):
 
 
 def test_grad_pass_arithmetic_per_rung():
-    want = {"dense": 24, "iter": 24, "iter_step": 24, "ut": 24, "dual_ut": 24, "nested_ut": 12, "ar_trm": 3}
+    want = {"dense": 24, "iter": 24, "iter_step": 24, "ut": 24, "dual_ut": 24, "nested_ut": 12,
+            "ar_trm": 3}
     for rung, grad in want.items():
         assert Model(tiny(rung, budget=24)).compute_stats()["grad_block_passes"] == grad, rung
 
 
-@pytest.mark.parametrize("rung,H,L", [("ar_trm", 2, 2), ("ar_trm", 3, 1), ("nested_ut", 2, 2), ("nested_ut", 1, 2)])
+@pytest.mark.parametrize("rung,H,L", [("ar_trm", 2, 2), ("ar_trm", 3, 1), ("nested_ut", 2, 2),
+                                      ("nested_ut", 1, 2)])
 def test_truncated_gradients_reach_only_the_passes_they_should(rung, H, L):
     model = never_halt(Model(tiny(rung, budget=12, n_outer=H, n_inner=L)))
     log = PassLog(model)
@@ -169,7 +175,8 @@ def test_ar_trm_halting_head_never_fires_and_gets_no_gradient():
     assert (model.last_steps == model.config.n_steps).all()
 
 
-@pytest.mark.parametrize("rung,budget,ok", [("nested_ut", 8, "6, 12, 18, 24"), ("dual_ut", 7, "2, 4, 6, 8"),
+@pytest.mark.parametrize("rung,budget,ok", [("nested_ut", 8, "6, 12, 18, 24"),
+                                            ("dual_ut", 7, "2, 4, 6, 8"),
                                             ("ar_trm", 0, "6, 12, 18, 24")])
 def test_impossible_budgets_raise_and_name_the_ones_that_work(rung, budget, ok):
     with pytest.raises(ValueError, match=ok):
@@ -178,8 +185,8 @@ def test_impossible_budgets_raise_and_name_the_ones_that_work(rung, budget, ok):
 
 def test_budget_resolves_depth_as_the_paper():
     depth = {r: Config(model=r, budget=24).n_steps for r in PAPER_RUNGS}
-    assert depth == {"dense": 24, "iter": 24, "iter_step": 24, "ut": 24, "dual_ut": 12, "nested_ut": 4,
-                     "ar_trm": 4}
+    assert depth == {"dense": 24, "iter": 24, "iter_step": 24, "ut": 24, "dual_ut": 12,
+                     "nested_ut": 4, "ar_trm": 4}
 
 
 def test_unknown_rung_raises():
@@ -193,8 +200,10 @@ def test_training_flops_count_backward_only_where_gradient_flows():
     dense = Model(tiny("dense", budget=6)).compute_stats(T)["train_flops_per_token"]
     assert dense == pytest.approx(3 * (6 * per_pass + 2 * d * V))
     ar = Model(tiny("ar_trm", budget=6)).compute_stats(T)
-    assert ar["train_flops_per_token"] == pytest.approx(6 * per_pass + 2 * 3 * per_pass + 3 * 2 * d * V + 3 * 2 * d / T)
-    assert ar["forward_flops_per_token"] == pytest.approx(6 * per_pass + 2 * d * V + 2 * d / T)  # all 6 passes run
+    assert ar["train_flops_per_token"] == \
+        pytest.approx(6 * per_pass + 2 * 3 * per_pass + 3 * 2 * d * V + 3 * 2 * d / T)
+    # all 6 passes run
+    assert ar["forward_flops_per_token"] == pytest.approx(6 * per_pass + 2 * d * V + 2 * d / T)
 
 
 def test_act_halts_at_once_or_never_and_reports_executed_steps():
@@ -252,8 +261,12 @@ def test_act_halts_when_the_cumulative_probability_reaches_the_threshold(monkeyp
 
 def test_attention_probabilities_get_dropout_in_training_only(monkeypatch):
     seen, real = [], F.scaled_dot_product_attention
-    monkeypatch.setattr(artrm.F, "scaled_dot_product_attention",
-                        lambda *a, dropout_p=0.0, **k: seen.append(dropout_p) or real(*a, dropout_p=dropout_p, **k))
+
+    def recorded(*a, dropout_p=0.0, **k):
+        seen.append(dropout_p)
+        return real(*a, dropout_p=dropout_p, **k)
+
+    monkeypatch.setattr(artrm.F, "scaled_dot_product_attention", recorded)
     model = Model(Config(model="iter", budget=3, n_embd=32, n_head=2, block_size=40, dropout=0.25))
     idx = torch.randint(0, 14, (2, 6))
     model.train()
@@ -268,7 +281,8 @@ def test_weight_decay_reaches_every_parameter_as_the_authors():
     model = Model(tiny("ar_trm", budget=12))
     opt = model.configure_optimizers(1e-3, weight_decay=0.01)
     decayed = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.01 for p in g["params"]}
-    assert decayed == {id(p) for p in model.parameters()}  # biases, LayerNorm gains, y_init, z_init too
+    # biases, LayerNorm gains, y_init, z_init too
+    assert decayed == {id(p) for p in model.parameters()}
 
 
 def fire_at_once(model):
@@ -282,12 +296,14 @@ def test_ar_trm_halting_at_the_first_step_still_trains_the_block():
     _, loss = model(*tasks.get_batch("copy", 4, 8, torch.Generator().manual_seed(0)))
     loss.backward()
     assert (model.last_steps == 1).all()  # the whole batch halted after step 1 of 2
-    grads = [p.grad for p in (*model.blocks[0].parameters(), model.wte.weight, model.step_emb.weight)]
+    params = (*model.blocks[0].parameters(), model.wte.weight, model.step_emb.weight)
+    grads = [p.grad for p in params]
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
 def test_halt_exploration_holds_each_sequence_to_its_drawn_minimum():
-    model = fire_at_once(Model(tiny("ar_trm", budget=24)))  # N = 4 steps; the head wants to stop at once
+    # N = 4 steps; the head wants to stop at once
+    model = fire_at_once(Model(tiny("ar_trm", budget=24)))
     idx = torch.randint(0, 14, (256, 6))
     model.eval()
     model(idx)
@@ -344,13 +360,19 @@ def test_full_grad_backprops_through_every_pass(rung):
 def test_deep_supervision_averages_one_loss_per_step(rung, monkeypatch):
     calls = []
     real = artrm.cross_entropy
-    monkeypatch.setattr(artrm, "cross_entropy", lambda lo, t: calls.append(real(lo, t)) or calls[-1])
+
+    def recorded(logits, targets):
+        calls.append(real(logits, targets))
+        return calls[-1]
+
+    monkeypatch.setattr(artrm, "cross_entropy", recorded)
     model = never_halt(Model(tiny(rung, budget=18, deep_supervision=True)))  # 3 steps
     log = PassLog(model)
     idx, targets = tasks.get_batch("copy", 4, 2, torch.Generator().manual_seed(0))
     _, loss = model(idx, targets)
     assert len(calls) == 3 and torch.allclose(loss, torch.stack(calls).mean())
-    assert sum(log.grad) == model.compute_stats()["grad_block_passes"] == 3 * 3  # last cycle of each step
+    # the last cycle of each step
+    assert sum(log.grad) == model.compute_stats()["grad_block_passes"] == 3 * 3
 
 
 def test_halt_loss_trains_the_halting_head():

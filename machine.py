@@ -1,0 +1,46 @@
+"""
+The machine a run uses: CUDA, then Apple MPS, then the CPU, fp32 everywhere; and what a
+record calls it. Nothing here touches CUDA where there is none.
+"""
+
+import platform
+
+import torch
+
+from records import UserError
+
+
+def get_device(name):
+    mps = getattr(torch.backends, "mps", None)
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": bool(mps and mps.is_available())}
+    if name == "auto":
+        return next(d for d in ("cuda", "mps", "cpu") if available[d])
+    if name not in available:
+        raise UserError(f"unknown device {name!r}; choose from auto, cpu, cuda, mps")
+    if not available[name]:
+        raise UserError(f"device {name} is not available on this machine")
+    return name
+
+
+def sync(device):
+    """Wait for the device's queued work, so that a clock read after it is true."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    elif device == "mps":
+        torch.mps.synchronize()
+
+
+def hardware(device):
+    """The device's name as a record states it, with the CPU threads the run used."""
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    cpu = names[0] if names else cpu
+    mps = " + Apple MPS" if device == "mps" else ""
+    return f"{cpu} ({torch.get_num_threads()} threads){mps}"

@@ -1,0 +1,127 @@
+"""
+What out_dir already holds of a run, and the checkpoints it resumes from. Before any work
+a run is one of three: finished (skipped), interrupted with a checkpoint (resumed, with
+--resume, exactly where it stopped), or new. A run recorded or saved with settings that
+change what it trains is refused, never overwritten. Checkpoints are written whole or not
+at all, as records are (records.py).
+"""
+
+import os
+from dataclasses import asdict
+
+import torch
+
+from artrm import Model
+from flags import model_config
+from records import UserError, atomic_write, read_record, run_name
+
+# Settings a resumed run may change (how it is evaluated and logged, and how long it goes
+# on); the rest define what it trains. NOT_THE_RUN: where and how it runs, not what.
+RESUMABLE = ("max_iters", "eval_lengths", "eval_examples", "eval_interval", "log_interval",
+             "temperature")
+NOT_THE_RUN = ("model", "task", "seed", "device", "threads", "compile", "out_dir",
+               "ckpt_interval", "resume")
+CKPT_KEYS = {"model", "optimizer", "config", "settings", "iter", "data_rng", "torch_rng",
+             "history", "wall_s", "passes"}
+
+
+def run_dir(args):
+    return os.path.join(args.out_dir, run_name(args.task, args.model, args.seed))
+
+
+def run_config(args, defaults):
+    """The settings that define a run (not where it is written or how it is driven)."""
+    return {k: v for k, v in vars(args).items()
+            if (k in defaults or k == "preset") and k not in NOT_THE_RUN}
+
+
+def setting_changes(old, new, defaults):
+    """{setting: [old, new]} where new differs from old. A setting an older record lacks
+    had its default then (a new knob defaults to the old behaviour)."""
+    before = {**defaults, "preset": "laptop"}
+    return {k: [old.get(k, before.get(k)), v] for k, v in new.items()
+            if old.get(k, before.get(k)) != v}
+
+
+def check_same_run(changes, where, resume):
+    """Refuse to resume or re-run a run with settings that change what it trains."""
+    defining = {k: v for k, v in changes.items() if k not in RESUMABLE}
+    if defining:
+        said = "; ".join(f"{k} {a!r} there, {b!r} asked" for k, (a, b) in defining.items())
+        raise UserError(f"{where} was trained with other settings ({said}); use another "
+                        f"--out_dir for a new run")
+    if changes and not resume:
+        raise UserError(f"{where} differs in {', '.join(changes)}; add --resume to continue it "
+                        f"with the new value(s), or use another --out_dir")
+
+
+def prior(args, defaults):
+    """'finished' (the run is skipped), the checkpoint it resumes from, or None (it starts
+    afresh): what args.out_dir holds of the run args asks for, checked before any work."""
+    where = run_dir(args)
+    path = os.path.join(where, "ckpt.pt")
+    record = read_record(os.path.join(where, "record.json"))
+    asked = run_config(args, defaults)
+    finished = record is not None and record.get("status") == "ok"
+    if finished:
+        changes = setting_changes(record["config"], asked, defaults)
+        check_same_run(changes, where, args.resume)
+        if not changes:
+            print(f"{run_name(args.task, args.model, args.seed)} is finished in {where}; skipped")
+            return "finished"
+        if not os.path.exists(path):  # --resume with new RESUMABLE values continues it
+            raise UserError(f"{where} is finished but has no checkpoint to continue from with "
+                            f"new {', '.join(changes)}; use another --out_dir")
+    if not finished and not args.resume:
+        if os.path.exists(path) and record is None:  # interrupted: never start it over silently
+            raise UserError(f"{where} holds the checkpoint of an unfinished run; add --resume "
+                            f"to continue it, or move it away to start over")
+        return None  # a fresh run, or a failed one starting over
+    ckpt = load_checkpoint(path)
+    config = model_config(args, args.model)
+    saved = {**ckpt["config"], **ckpt["settings"]}
+    check_same_run(setting_changes(saved, {**asdict(config), **asked}, defaults), path, True)
+    with torch.device("meta"):  # the shapes of this code's model, without building it
+        shapes = {k: v.shape for k, v in Model(config).state_dict().items()}
+    if shapes != {k: v.shape for k, v in ckpt["model"].items()}:
+        raise UserError(f"{path} was written by an artrm whose model differs from this one; "
+                        f"use another --out_dir")
+    if args.max_iters < ckpt["iter"]:
+        raise UserError(f"{path} has trained {ckpt['iter']} iterations already, more than "
+                        f"--max_iters {args.max_iters}")
+    return ckpt
+
+
+def save_checkpoint(path, model, optimizer, data_gen, device, **state):
+    """Everything an exact resume needs: the weights, the optimizer, every random stream,
+    and the run's state (state: iter, history, wall_s, passes, settings, ...)."""
+    cuda = {"cuda_rng": torch.cuda.get_rng_state()} if device == "cuda" else {}
+    atomic_write(path, lambda f: torch.save({
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "config": asdict(model.config), "data_rng": data_gen.get_state(),
+        "torch_rng": torch.get_rng_state(), **cuda, **state}, f))
+
+
+def restore(ckpt, model, optimizer, data_gen, device):
+    """Put the weights, the optimizer and the random streams back as the checkpoint had them."""
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    data_gen.set_state(ckpt["data_rng"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    if device == "cuda" and "cuda_rng" in ckpt:
+        torch.cuda.set_rng_state(ckpt["cuda_rng"])
+
+
+def load_checkpoint(path):
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at {path}")
+    try:  # weights_only: a checkpoint is data, never code to run
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, bad pickle, foreign file: one line, not torch's advice
+        raise UserError(f"checkpoint {path} is corrupt or truncated: torch cannot read it as "
+                        f"plain tensors and numbers ({type(e).__name__})") from None
+    is_ours = isinstance(ckpt, dict) and CKPT_KEYS <= ckpt.keys()
+    if not is_ours or not isinstance(ckpt["config"], dict):
+        raise UserError(f"{path} is a torch file but not an artrm checkpoint (it lacks the "
+                        f"model's config)")
+    return ckpt

@@ -1,0 +1,58 @@
+"""
+Stopping a run on a signal without losing it. A first SIGINT (Ctrl-C) or SIGTERM (kill, a
+scheduler's time limit) is taken between two iterations, so that the checkpoint written
+then resumes exactly; a second one stops at once. Copies of one signal are not a second:
+a scheduler signals every process of a job, and a grid passes the signal on as well, so the
+same signal can arrive more than once within a moment.
+"""
+
+import signal
+import subprocess
+import sys
+import time
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(Exception):
+    """A run stopped by a signal; its message says where its checkpoint is."""
+
+
+class StopOnSignal:
+    """with StopOnSignal() as stop: the loop asks `stop.asked` between iterations. After
+    `stop.now_at_once()` (nothing is left to save) any signal stops at once."""
+
+    def __init__(self):
+        self.asked, self.at, self.at_once = None, 0.0, False  # the signal's name, when
+
+    def on_signal(self, signum, frame):
+        if self.at_once:
+            raise KeyboardInterrupt
+        if self.asked and time.time() - self.at > 1.0:  # a second signal, not a copy of the first
+            raise KeyboardInterrupt
+        if not self.asked:
+            self.asked, self.at = signal.Signals(signum).name, time.time()
+
+    def now_at_once(self):
+        self.at_once = True
+
+    def __enter__(self):
+        self.handlers = {s: signal.signal(s, self.on_signal) for s in SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.handlers.items():
+            signal.signal(s, handler)
+
+
+def hand_over(path, argv):
+    """Run the file at path with these flags, and pass a signal on to it (Ctrl-C, kill, a
+    scheduler's SIGTERM): in a session of its own, a terminal's Ctrl-C reaches it from here only."""
+    p = subprocess.Popen([sys.executable, path, *argv], start_new_session=True)
+    pass_on = lambda signum, frame: p.send_signal(signum)
+    handlers = {s: signal.signal(s, pass_on) for s in SIGNALS}
+    try:
+        return p.wait()
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)

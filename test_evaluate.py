@@ -1,0 +1,73 @@
+"""Tests of evaluate.py: a saved checkpoint evaluated at new lengths (--eval_only), and thinking
+longer or shorter at test time (--eval_budgets, --step_extend)."""
+
+import json
+
+import pytest
+import torch
+
+import evaluate
+import grid
+import train
+from artrm import Model
+from test_artrm import never_halt, tiny
+from test_grid import results, run_grid
+from test_train import TINY
+
+
+def test_eval_only_evaluates_a_checkpoint_at_new_lengths(tmp_path, capsys):
+    assert train.main(TINY + ["--out_dir", str(tmp_path), "--model", "iter_step",
+                              "--task", "reverse", "--max_iters", "3"]) == 0
+    capsys.readouterr()
+    # the checkpoint's own config wins: a different budget asked for is ignored
+    assert evaluate.main(TINY + ["--out_dir", str(tmp_path), "--model", "iter_step",
+                                 "--task", "reverse", "--eval_only", "--eval_lengths", "2,5",
+                                 "--budget", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "L=2: char_acc" in out and "L=5: char_acc" in out
+
+
+def test_a_tied_rung_past_its_trained_steps_cycles_its_step_embeddings():
+    torch.manual_seed(0)
+    model = Model(tiny("iter_step", budget=3)).eval()  # N = 3 trained steps
+    idx = torch.randint(0, 14, (2, 7))
+    x = model.wte(idx) + model.wpe(torch.arange(7))
+    for extend, order in (("cycle", [0, 1, 2, 0, 1, 2, 0]), ("last", [0, 1, 2, 2, 2, 2, 2])):
+        h = x
+        for t in order:
+            h = model.blocks[0](h + model.step_emb.weight[t])
+        logits, _ = model(idx, n_steps=7, extend=extend)
+        assert torch.allclose(logits, model.lm_head(model.ln_f(h)), atol=1e-6), extend
+    with pytest.raises(ValueError, match="dense has no tied depth"):
+        Model(tiny("dense", budget=3))(idx, n_steps=6)
+
+
+@pytest.mark.parametrize("rung", ["iter", "ut", "ar_trm"])
+def test_its_own_budget_gives_the_normal_evaluation_and_more_budget_runs_more_passes(rung):
+    torch.manual_seed(0)
+    model = never_halt(Model(tiny(rung, budget=6)))
+    normal = train.evaluate(model, "copy", [3], 16, "cpu")
+    same = train.evaluate(model, "copy", [3], 16, "cpu", n_steps=model.config.n_steps)
+    assert same == normal
+    longer = train.evaluate(model, "copy", [3], 16, "cpu", n_steps=2 * model.config.n_steps)
+    assert longer["3"]["passes"] == 2 * normal["3"]["passes"] == 12
+
+
+def test_eval_budgets_are_recorded_beside_the_run_and_reported(tmp_path, capsys):
+    assert run_grid(tmp_path, "--model", "iter,ut", "--task", "copy", "--max_iters", "2",
+                    "--eval_budgets", "3,6,12", "--eval_lengths", "3") == 0
+    e = json.loads((tmp_path / "copy_ut_s1337" / "test_budgets.json").read_text())
+    assert (e["train_budget"], e["extend"], e["seed"], sorted(e["budgets"])) == \
+        (6, "cycle", 1337, ["12", "3", "6"])
+    own = results(tmp_path)[1]["eval"]["3"]["char_acc"]
+    assert e["budgets"]["6"]["3"]["char_acc"] == own  # ut's own budget
+    capsys.readouterr()
+    assert grid.main(["--report", "--out_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "thinking longer or shorter" in out and "budget 12" in out and "\nut (cycle)" in out
+    # and on a saved checkpoint, with the other way of extending the step embeddings
+    assert evaluate.main(TINY + ["--out_dir", str(tmp_path), "--model", "iter", "--task", "copy",
+                                 "--eval_budgets", "24", "--step_extend", "last"]) == 0
+    e = json.loads((tmp_path / "copy_iter_s1337" / "test_budgets.json").read_text())
+    assert e["extend"] == "last" and list(e["budgets"]) == ["24"]
+    assert e["budgets"]["24"]["3"]["passes"] == 24

@@ -1,0 +1,68 @@
+"""Tests of report.py: tables and figures from the records alone (mean and std over seeds, a
+model or task this code lacks, the figures, an experiment of several grids), served by
+`grid.py --report`."""
+
+import importlib.util
+import json
+import sys
+
+import pytest
+
+import grid
+import records
+import report
+import train
+from test_grid import results
+from test_train import TINY
+
+
+def test_mean_and_std_over_seeds():
+    m, s = report.mean_std([0.5, 0.7, 0.9])
+    assert m == pytest.approx(0.7) and s == pytest.approx(0.2)  # sample std (n-1)
+    assert report.mean_std([0.25]) == (0.25, 0.0)
+    assert report.pm([1.0, 0.0]) == "0.500±0.707"
+    assert report.pm([0.25]) == "0.250"  # one seed: no spread shown
+    assert report.quarters([1, 1, 0.5, 0.5, 0, 0, 0, 1]) == [1, 0.5, 0, 0.5]
+
+
+def test_a_model_or_task_this_code_lacks_still_reports(tmp_path, capsys):
+    assert train.main(TINY + ["--out_dir", str(tmp_path), "--model", "iter", "--task", "copy",
+                              "--max_iters", "2"]) == 0
+    rec = json.loads((tmp_path / "copy_iter_s1337" / "record.json").read_text())
+    (tmp_path / "sort_mine_s1").mkdir()  # a fork's rung and task, reported beside the ladder's
+    mine = {**rec, "task": "sort", "model": "mine", "name": "mine", "seed": 1}
+    records.write_json(str(tmp_path / "sort_mine_s1" / "record.json"), mine)
+    plot = ["--plot"] if importlib.util.find_spec("matplotlib") else []
+    assert grid.main(["--report", "--out_dir", str(tmp_path)] + plot) == 0
+    out = capsys.readouterr().out
+    assert "\nmine " in out.split("== sort")[1] and "\niter " in out.split("== copy")[1]
+
+
+def test_plot_without_matplotlib_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    assert train.main(TINY + ["--out_dir", str(tmp_path), "--model", "iter", "--task", "copy",
+                              "--max_iters", "2"]) == 0
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    assert grid.main(["--report", "--out_dir", str(tmp_path), "--plot"]) == 0
+    assert "pip install matplotlib" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_plot_writes_position_and_learning_curves(tmp_path):
+    pytest.importorskip("matplotlib")
+    for model in ("iter", "ut"):
+        assert train.main(TINY + ["--out_dir", str(tmp_path), "--model", model, "--task", "reverse",
+                                  "--max_iters", "10"]) == 0
+    assert grid.main(["--report", "--out_dir", str(tmp_path), "--plot"]) == 0
+    png = tmp_path / "reverse.png"
+    assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_over_an_experiment_of_several_grids_keeps_their_rows_apart(tmp_path, capsys):
+    for budget in ("6", "12"):  # one grid per budget, each in a folder of the experiment
+        assert train.main(TINY + ["--out_dir", str(tmp_path / f"b{budget}"), "--model", "iter",
+                                  "--task", "copy", "--max_iters", "2", "--budget", budget]) == 0
+    capsys.readouterr()
+    assert grid.main(["--report", "--out_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "\niter budget=6 " in out and "\niter budget=12 " in out
+    assert len(results(tmp_path)) == 2
