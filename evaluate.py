@@ -17,6 +17,7 @@ import sys
 
 import torch
 
+import figures
 import flags
 import report
 import resume
@@ -36,6 +37,12 @@ FLAGS = dict(  # beside train.py's flags, which set the lengths, examples and te
 )
 
 
+EXTEND = {  # --step_extend: what a tied rung run past its trained steps adds at each step
+    "cycle": "past its trained steps a rung reuses\nits step embeddings in turn (s_1..s_N, s_1..)",
+    "last": "past its trained steps a rung repeats\nits last step embedding",
+}
+
+
 def budgets_of(value):
     try:
         return [int(s) for s in str(value).split(",") if s.strip()]
@@ -46,7 +53,7 @@ def budgets_of(value):
 
 def check_test_budgets(config, args, where=""):
     """A test budget must suit the rung, as a training budget does; dense has no tied depth."""
-    if args.step_extend not in ("cycle", "last"):
+    if args.step_extend not in EXTEND:
         raise UserError(f"--step_extend is cycle or last, got {args.step_extend!r}")
     if args.eval_budgets and not config.rung.tied:
         raise UserError(f"{where}--eval_budgets: dense has no tied depth to extend, "
@@ -137,7 +144,7 @@ def plot_budgets(entries, out_dir):
     """test_budgets.png: char_acc at the first evaluation length against the test budget,
     a line through each model's means and a dot for each seed, one panel per task."""
     tasks_here = report.tasks_of(entries)
-    plt = report.pyplot() if tasks_here else None
+    plt = figures.pyplot() if tasks_here else None
     if plt is None:
         return
     n_tasks = len(tasks_here)
@@ -146,12 +153,13 @@ def plot_budgets(entries, out_dir):
         es = [e for e in entries if e["task"] == task]
         n = min(int(n) for e in es for b in e["budgets"].values() for n in b)
         rows = budget_groups(es)
+        style = figures.styles([label for label, _ in rows])
         for i, (label, group) in enumerate(rows):
             budgets = sorted({int(b) for e in group for b in e["budgets"]})
             accs = [[e["budgets"][str(b)][str(n)]["char_acc"] for e in group
                      if str(b) in e["budgets"]] for b in budgets]
             shift = 1.05 ** (i - (len(rows) - 1) / 2)  # side by side, so equal lines stay apart
-            st = report.style(i, len(rows))
+            st = style[label]
             xs = [b * shift for b in budgets]
             ax.plot(xs, [statistics.mean(a) for a in accs], alpha=0.85, label=label, **st)
             for x, a in zip(xs, accs):
@@ -164,9 +172,11 @@ def plot_budgets(entries, out_dir):
         ticks = sorted({int(b) for e in es for b in e["budgets"]})
         ax.set_xticks(ticks, [str(b) for b in ticks])
         ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
-    axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    extends = sorted({e["extend"] for e in entries})
+    axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False,
+                       title="\n".join(f"({x}): {EXTEND[x]}" for x in extends), title_fontsize=8)
     fig.tight_layout()
-    report.save(fig, os.path.join(out_dir, "test_budgets.png"))
+    figures.save(fig, os.path.join(out_dir, "test_budgets.png"))
     plt.close(fig)
 
 

@@ -28,6 +28,7 @@ import time
 import torch
 
 import evaluate
+import figures
 import flags
 import records
 import report
@@ -154,7 +155,7 @@ def compare(args):
     recorded = records.read_records(args.out_dir)
     shown, budgets = show(args, recorded, runs)
     if args.plot:
-        report.plot(shown, args.out_dir)
+        figures.plot(shown, args.out_dir)
         evaluate.plot_budgets(budgets, args.out_dir)
     print(f"\nrecords in {args.out_dir}/<run>/record.json; "
           f"views {args.out_dir}/results.json and results.md "
@@ -281,7 +282,7 @@ def view(args):
         print(f"  {state}: {shlex.join(command(args, run))}")
     write_views(args.out_dir, recorded)
     if args.plot:
-        report.plot(shown, args.out_dir)
+        figures.plot(shown, args.out_dir)
         evaluate.plot_budgets(budgets, args.out_dir)
     print(f"\nwrote {args.out_dir}/results.json and results.md from {len(recorded)} record(s)")
     return 0

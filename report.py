@@ -1,15 +1,15 @@
 """
-Tables and figures from run records: every number it shows is read from
-<out_dir>/**/record.json.
+Tables from run records: every number it shows is read from <out_dir>/**/record.json.
+The figures are figures.py's; the test-time budgets' tables evaluate.py's.
 
     python report.py --out_dir out             # the tables; results.json and results.md rebuilt
     python report.py --plot --out_dir out      # and the figures (needs matplotlib)
     python report.py --model all --task all --seeds 3 --out_dir out   # that grid, and what it lacks
 
-These commands are `python grid.py --report` (and `python train.py --report` hands them over
-here): a grid's flags are the comparison's and the test-time budgets' view is evaluate.py's,
-both of which import this file. Tables are one per task, one row per model, each cell the
-mean and the sample standard deviation (n-1) over seeds; a row of one seed shows its value alone.
+These commands are `python grid.py --report` (`python train.py --report` hands them over
+there too): a grid's flags are the comparison's, and grid.py imports this file, so this file
+hands them on. Tables are one per task, one row per model, each cell the mean and the sample
+standard deviation (n-1) over seeds; a row of one seed shows its value alone.
 """
 
 import json
@@ -202,135 +202,6 @@ def write_views(out_dir, records, sections):
                "```", chart, "```", ""]
     text = "\n".join(md + list(sections))
     atomic_write(os.path.join(out_dir, "results.md"), lambda f: f.write(text.encode()))
-
-# -----------------------------------------------------------------------------
-# Figures (optional: matplotlib).
-
-def pyplot():
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        return plt
-    except ImportError:
-        print("--plot needs matplotlib, which is not installed: pip install matplotlib",
-              file=sys.stderr)
-        return None
-
-
-def style(i, n):
-    """Series i of n in a figure: its own colour (tab20 past ten series), and a marker and a
-    dash of its own too, so that series stay apart in greyscale."""
-    import matplotlib
-    color = matplotlib.colormaps["tab10" if n <= 10 else "tab20"](i % 20)
-    return dict(color=color, marker="os^vDP*Xh<>p"[i % 12], linestyle=["-", "--", ":", "-."][i % 4])
-
-
-def save(fig, path):
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
-    print(f"wrote {path}")
-
-
-def plot(experiment, out_dir):
-    """The figures of {run directory relative to out_dir: record}: per task, accuracy by
-    answer position and during training; ladder.png and flops.png over the tasks."""
-    plt = pyplot()
-    if plt is None:
-        return
-    records = [r for r in experiment.values() if r["status"] == "ok"]
-    for task in tasks_of(records):
-        rows = groups([r for r in records if r["task"] == task], own_runs)
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-        for i, (label, group) in enumerate(rows):
-            acc = mean_pos_acc(group)
-            shift = 0.3 * (i - (len(rows) - 1) / 2) / len(rows)  # so that equal lines stay visible
-            if acc:
-                ax1.plot([p + 1 + shift for p in range(len(acc))], acc, alpha=0.85, label=label,
-                         **style(i, len(rows)))
-            h = group[0]["history"]
-            flops = [e["iter"] / group[0]["iters"] * group[0]["executed_train_flops_per_token"]
-                     * group[0]["train_tokens"] for e in h]
-            acc_h = [statistics.mean(r["history"][k]["char_acc"] for r in group
-                                     if len(r["history"]) > k) for k in range(len(h))]
-            ax2.plot(flops, acc_h, markersize=4, alpha=0.85, label=label, **style(i, len(rows)))
-        ax1.set(title=f"{task}: accuracy by answer position (training length)", ylim=(0, 1.02),
-                xlabel="answer position (first digit = 1)", ylabel="accuracy (mean over seeds)")
-        ax2.set(title=f"{task}: char_acc during training", ylim=(0, 1.02),
-                xlabel="training FLOPs spent so far (executed)",
-                ylabel="char_acc at the training length (mean over seeds)")
-        ax2.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
-        for ax in (ax1, ax2):
-            ax.axhline(0.1, color="grey", linestyle=":", linewidth=1)
-        ax2.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
-        fig.tight_layout()
-        save(fig, os.path.join(out_dir, f"{task}.png"))
-        plt.close(fig)
-    plot_ladder(records, out_dir, plt)
-    plot_flops(records, out_dir, plt)
-
-
-def plot_flops(records, out_dir, plt):
-    """flops.png: char_acc at the training length against the training FLOPs each run spent
-    (executed, whole run): the mean of each model large, each seed small; a panel per task."""
-    tasks_here = tasks_of(records)
-    if not tasks_here:
-        return
-    n = len(tasks_here)
-    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4.4), squeeze=False)
-    for ax, task in zip(axes[0], tasks_here):
-        rows = groups([r for r in records if r["task"] == task], own_runs)
-        for i, (label, group) in enumerate(rows):
-            flops = [r["executed_train_flops_per_token"] * r["train_tokens"] for r in group]
-            acc = [at_training_length(r)["char_acc"] for r in group]
-            st = {**style(i, len(rows)), "linestyle": "none"}
-            ax.plot(statistics.mean(flops), statistics.mean(acc), markersize=9, label=label, **st)
-            ax.scatter(flops, acc, s=12, color=st["color"], alpha=0.6, zorder=3)
-        ax.axhline(0.1, color="grey", linestyle=":", linewidth=1)
-        ax.set(title=f"{task}: accuracy against training compute", ylim=(0, 1.05),
-               xlabel="training FLOPs spent (executed, whole run)",
-               ylabel="char_acc at the training length")
-        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
-    axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False,
-                       title="mean (large), each seed (small)", title_fontsize=8)
-    fig.tight_layout()
-    save(fig, os.path.join(out_dir, "flops.png"))
-    plt.close(fig)
-
-
-def plot_ladder(records, out_dir, plt):
-    """ladder.png: char_acc at the training length of every model on every task, a bar for
-    the mean and a dot for each seed."""
-    rows = groups(records, own_runs)
-    labels = [label for label, _ in rows]
-    if not labels:
-        return
-    tasks_here = tasks_of(records)
-    fig, ax = plt.subplots(figsize=(3 + len(labels) * (0.45 + 0.25 * len(tasks_here)), 4.6))
-    width = 0.8 / len(tasks_here)
-    for j, task in enumerate(tasks_here):
-        by_label = dict(rows)
-        xs = [i + (j - (len(tasks_here) - 1) / 2) * width for i in range(len(labels))]
-        accs = [[at_training_length(r)["char_acc"] for r in by_label[label] if r["task"] == task]
-                for label in labels]
-        filled = [(x, a) for x, a in zip(xs, accs) if a]  # a model not run on a task leaves no bar
-        ax.bar([x for x, _ in filled], [statistics.mean(a) for _, a in filled], width,
-               color=["0.35", "0.6", "0.85"][j % 3], hatch=["", "//", ".."][j % 3],
-               edgecolor="black", label=task)
-        for x, a in filled:  # each seed, a dot beside the mean: one outlier is not read as a spread
-            ax.scatter([x] * len(a), a, s=14, color="white", edgecolor="black", linewidths=0.4,
-                       zorder=4)
-    ax.scatter([], [], s=14, color="white", edgecolor="black", linewidths=0.4, label="each seed")
-    ax.axhline(0.1, color="grey", linestyle=":", linewidth=1, label="chance (0.10)")
-    long = max(len(part) for label in labels for part in label.split()) > 12  # tilted: not touching
-    ax.set_xticks(range(len(labels)), [label.replace(" ", "\n") for label in labels], fontsize=8,
-                  rotation=25 if long else 0, ha="right" if long else "center")
-    ax.set(title="char_acc at the training length: the mean (bar) and each seed (dot)",
-           ylabel="char_acc", ylim=(0, 1.05))
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    fig.tight_layout()
-    save(fig, os.path.join(out_dir, "ladder.png"))
-    plt.close(fig)
-
 
 def main(argv=None):
     """Hand the flags over to grid.py --report, in a process of its own (grid.py imports this

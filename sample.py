@@ -173,8 +173,8 @@ def main(argv=None):
 def plot_steps(rows, model, prompt, path):
     """The steps as a figure: a row per step, a column per answer position, each cell the
     digit read out, shaded where it changed since the step before."""
-    import report
-    plt = report.pyplot()
+    import figures
+    plt = figures.pyplot()
     if plt is None:
         return
     changed = [[0] * len(rows[0])] + [[int(a != b) for a, b in zip(r, p)]
@@ -189,7 +189,7 @@ def plot_steps(rows, model, prompt, path):
            title=f"{model.config.model}: {prompt} {name} by {name} (shaded: changed)")
     ax.set_xticks(range(len(rows[0])), range(1, len(rows[0]) + 1))
     ax.set_yticks(range(len(rows)), range(1, len(rows) + 1))
-    report.save(fig, path)
+    figures.save(fig, path)
     plt.close(fig)
 
 

@@ -7,12 +7,14 @@ changes of the steps before it), with the paper's own number last.
 """
 
 import os
+import re
 import statistics
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))  # the repository's report.py
 import records  # noqa: E402
+import figures  # noqa: E402
 import report  # noqa: E402
 
 # The paper's char_acc at L=10 (budget 24, d=384), where it gives a number ("solved" = 1.0).
@@ -52,47 +54,68 @@ def sweep(records):
     return folders, acc
 
 
+def step_of(folder, i):
+    """A folder's place on the x axis: its step number (step5_width384: 5), else its order."""
+    m = re.match(r"step(\d+)", folder)
+    return int(m.group(1)) if m else i
+
+
 def plot_sweep(records, out_dir, plt):
     """sweep.png: char_acc at the training length of each model along the experiment's
-    folders (one step each), mean and seed spread, with the paper's value (at its own
-    setting) last."""
+    folders (one step each; a step not run leaves a gap), mean and each seed, with the
+    paper's value (at its own setting) last."""
     folders, acc = sweep(records)
     if len(folders) < 2:
         return
+    steps = [step_of(folder, i) for i, (folder, _) in enumerate(folders)]
+    paper_x = max(steps) + 1
     tasks_here = [t for t in report.TASKS if t in acc]
-    width = max(7.0, 1.5 * len(folders) + 3) * len(tasks_here)
-    fig, axes = plt.subplots(1, len(tasks_here), figsize=(width, 5.2), squeeze=False)
+    width = max(7.0, 1.5 * paper_x + 3) * len(tasks_here)
+    fig, axes = plt.subplots(1, len(tasks_here), figsize=(width, 5.4), squeeze=False)
     for ax, task in zip(axes[0], tasks_here):
         names = sorted(acc[task], key=report.order_key)
+        style = figures.styles(names)
         for i, name in enumerate(names):
             shift = 0.07 * (i - (len(names) - 1) / 2)  # side by side, so the seeds' dots stay apart
-            xs, accs = zip(*[(x + shift, a) for x, a in enumerate(acc[task][name]) if a])
+            xs, accs = zip(*[(x, a) for x, a in zip(steps, acc[task][name]) if a])
             fewest, most = min(map(len, accs)), max(map(len, accs))
             seeds = f"{fewest}-{most}" if fewest < most else f"{most}"
-            st = report.style(i, len(names))
-            ax.plot(xs, [statistics.mean(a) for a in accs], alpha=0.85,
-                    label=f"{name} ({seeds} seeds)", **st)
+            line_x, line_y = [], []
+            for k, (x, a) in enumerate(zip(xs, accs)):
+                if k and x != xs[k - 1] + 1:  # a step not run: the line breaks there
+                    line_x, line_y = line_x + [float("nan")], line_y + [float("nan")]
+                line_x, line_y = line_x + [x + shift], line_y + [statistics.mean(a)]
+            st = style[name]
+            ax.plot(line_x, line_y, alpha=0.85, label=f"{name} ({seeds} seeds)", **st)
             for x, a in zip(xs, accs):  # each seed, so that one outlier is not read as a spread
-                ax.scatter([x] * len(a), a, s=12, color=st["color"], alpha=0.6, zorder=3)
+                ax.scatter([x + shift] * len(a), a, s=12, color=st["color"], alpha=0.6, zorder=3)
             paper = PAPER_CHAR_ACC.get(task, {}).get(name)
             if paper is not None:
-                ax.plot(len(folders) + shift, paper, markersize=8, **{**st, "linestyle": "none"})
-        ax.axvline(len(folders) - 0.5, color="grey", linestyle="--", linewidth=1)
+                ax.plot(paper_x + shift, paper, markersize=8, **{**st, "linestyle": "none"})
+        ax.axvline(paper_x - 0.5, color="grey", linestyle="--", linewidth=1)
         ax.axhline(0.1, color="grey", linestyle=":", linewidth=1, label="chance (0.10)")
-        ticks = [f"{folder}\n" + changes.replace(" ", "\n") for folder, changes in folders]
-        paper_tick = "the paper\n(its setting: L=10,\nbudget 24, d=384,\ndropout 0.1,\n5000 iters)"
-        ax.set_xticks(range(len(folders) + 1), ticks + [paper_tick], fontsize=8)
+        ticks = {x: f"{folder}\n" + tick(changes) for x, (folder, changes) in zip(steps, folders)}
+        ticks.update({x: f"step{x}\n(not run)" for x in range(paper_x) if x not in ticks})
+        ticks[paper_x] = "the paper\n(its setting, as\nstep6; sampled at\ntemperature 1)"
+        ax.set_xticks(sorted(ticks), [ticks[x] for x in sorted(ticks)], fontsize=8)
         ax.set(title=f"{task}: step by step, each keeping the changes before it",
-               ylabel="char_acc at the training length\n(line: mean over seeds; dots: each seed)",
-               ylim=(0, 1.05))
+               ylabel="char_acc at the training length (greedy; the paper: sampled)\n"
+                      "(line: mean over seeds; dots: each seed)", ylim=(0, 1.05))
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
-    report.save(fig, os.path.join(out_dir, "sweep.png"))
+    figures.save(fig, os.path.join(out_dir, "sweep.png"))
     plt.close(fig)
 
 
+def tick(changes):
+    """A step's tick: what it changes, one per line; a preset alone, not its every setting."""
+    if "preset=" in changes:
+        return next(c for c in changes.split() if c.startswith("preset="))
+    return changes.replace(" ", "\n")
+
+
 def main():
-    plt = report.pyplot()
+    plt = figures.pyplot()
     if plt is None:
         return 1
     plot_sweep(records.read_records(HERE), HERE, plt)
