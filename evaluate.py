@@ -198,8 +198,7 @@ def main(argv=None):
         device = get_device(args.device)
         if args.threads:
             torch.set_num_threads(args.threads)
-        runs = [(t, m, s) for t in args.tasks for m in args.models
-                for s in range(args.seed, args.seed + args.seeds)]
+        runs = flags.plan(args)
         own = [os.path.join(args.out_dir, run_name(*run), "ckpt.pt") for run in runs]
         paths = [args.ckpt] if args.ckpt else own
         checked = []  # every checkpoint checked before any is evaluated

@@ -82,6 +82,12 @@ def expand(value, choices, what):
     return names
 
 
+def plan(args):
+    """Every run the flags name (with the lab's --seeds), in a fixed order: (task, model, seed)."""
+    return [(t, m, s) for t in args.tasks for m in args.models
+            for s in range(args.seed, args.seed + args.seeds)]
+
+
 def lab_for(argv, settings, presets):
     """The lab's file for a request with a flag of the lab's or for several runs (None: one run)."""
     flags = {a.split("=")[0] for a in argv if a.startswith("--")}

@@ -55,12 +55,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 OWN = {"--model", "--task", "--seed", "--resume", "--threads"} | {f"--{k}" for k in FLAGS}
 
 
-def plan(args):
-    """Every run of the grid, in a fixed order: (task, model name, seed)."""
-    return [(t, m, s) for t in args.tasks for m in args.models
-            for s in range(args.seed, args.seed + args.seeds)]
-
-
 def shard(runs, k, n):
     """The K-th of N disjoint slices; round robin, so that each gets a fair mix of rungs."""
     return runs[k::n]
@@ -134,7 +128,7 @@ def command(args, run, resume=False, threads=0):
 
 def compare(args):
     """Run this shard's runs that are not finished, N at a time, then print the tables."""
-    runs = plan(args)
+    runs = flags.plan(args)
     mine = shard(runs, args.shard_k, args.shard_n)
     records.read_records(args.out_dir)  # a damaged record is refused before any work
     todo = []
@@ -271,7 +265,7 @@ def view(args):
     if not recorded:
         raise UserError(f"no run records in {args.out_dir} (they are <out_dir>/<run>/record.json)")
     asked = any(a.split("=")[0] in ("--model", "--task", "--seed", "--seeds") for a in args.argv)
-    runs = plan(args) if asked else None
+    runs = flags.plan(args) if asked else None
     shown, budgets = show(args, recorded, runs)
     missing = [r for r in runs or [] if recorded.get(run_name(*r), {}).get("status") != "ok"]
     if missing:

@@ -1,29 +1,24 @@
 """
 Tables from run records: every number it shows is read from <out_dir>/**/record.json.
-The figures are figures.py's; the test-time budgets' tables evaluate.py's.
+The figures are figures.py's, the test-time budgets' tables evaluate.py's. The command that
+shows them is the comparison's, as its flags are (grid.py imports this file):
 
-    python report.py --out_dir out             # the tables; results.json and results.md rebuilt
-    python report.py --plot --out_dir out      # and the figures (needs matplotlib)
-    python report.py --model all --task all --seeds 3 --out_dir out   # that grid, and what it lacks
+    python train.py --report --out_dir out             # the tables; results.json and .md rebuilt
+    python train.py --report --plot --out_dir out      # and the figures (needs matplotlib)
+    python train.py --report --model all --task all --seeds 3 --out_dir out   # and what it lacks
 
-These commands are `python grid.py --report` (`python train.py --report` hands them over
-there too): a grid's flags are the comparison's, and grid.py imports this file, so this file
-hands them on. Tables are one per task, one row per model, each cell the mean and the sample
-standard deviation (n-1) over seeds; a row of one seed shows its value alone.
+Tables are one per task, one row per model, each cell the mean and the sample standard
+deviation (n-1) over seeds; a row of one seed shows its value alone.
 """
 
 import json
 import os
 import re
 import statistics
-import subprocess
-import sys
 
 from artrm import RUNGS
 from records import atomic_write, write_json
 from tasks import TASKS
-
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 # How a run was evaluated or logged (train.py's RESUMABLE settings but max_iters, and two
 # that older records hold): runs that differ only in these share a row.
@@ -202,13 +197,3 @@ def write_views(out_dir, records, sections):
                "```", chart, "```", ""]
     text = "\n".join(md + list(sections))
     atomic_write(os.path.join(out_dir, "results.md"), lambda f: f.write(text.encode()))
-
-def main(argv=None):
-    """Hand the flags over to grid.py --report, in a process of its own (grid.py imports this
-    file, so this file may not import it back)."""
-    argv = sys.argv[1:] if argv is None else argv
-    return subprocess.call([sys.executable, os.path.join(HERE, "grid.py"), "--report", *argv])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

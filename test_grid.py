@@ -48,7 +48,7 @@ def same_records(a, b):
 def test_the_run_list_and_its_shards_partition_it_exactly():
     args = grid.parse_args(["--model", ",".join(PAPER_RUNGS), "--task", "copy,reverse,addition",
                             "--seeds", "3"])
-    runs = grid.plan(args)
+    runs = flags.plan(args)
     assert len(runs) == 63 and len(set(runs)) == 63 and runs[0] == ("copy", "dense", 1337)
     for n in (1, 2, 5, 8, 63, 100):
         parts = [grid.shard(runs, k, n) for k in range(n)]

@@ -13,6 +13,7 @@ import subprocess
 import pytest
 
 import evaluate
+import flags
 import grid
 import records
 import report
@@ -112,7 +113,7 @@ def test_the_notes_of_the_steps_toward_the_paper_are_what_the_committed_records_
         args = grid.parse_args(argv[1:])
         grid.validate(args)
         args.out_dir = os.path.join(HERE, args.out_dir)
-        for run in grid.plan(args):
+        for run in flags.plan(args):
             path = os.path.relpath(os.path.join(args.out_dir, run_name(*run)), out_dir)
             if path in recs:
                 assert resume.prior(grid.one_run(args, run), train.DEFAULTS) == "finished", path

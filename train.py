@@ -79,7 +79,7 @@ PRESETS = {
                   max_iters=5000, batch_size=64, lr=3e-4, weight_decay=0.01, warmup_iters=0,
                   decay_lr=False, grad_clip=0.0),
 }
-EPILOG = ("A comparison's flags: python grid.py -h; --report: python report.py -h; "
+EPILOG = ("A comparison's flags and --report: python grid.py -h; "
           "--eval_only: python evaluate.py -h")
 EVAL_SEED = 10_000_019  # held-out examples come from their own stream, apart from training's
 HERE = os.path.dirname(os.path.abspath(__file__))
