@@ -157,9 +157,12 @@ def plot_ladder(records, out_dir, plt):
     long = max(len(part) for label in labels for part in label.split()) > 12  # tilted: not touching
     ax.set_xticks(range(len(labels)), [label.replace(" ", "\n") for label in labels], fontsize=8,
                   rotation=25 if long else 0, ha="right" if long else "center")
+    n_seeds = sorted({sum(r["task"] == task for r in group) for _, group in rows
+                      for task in tasks_here} - {0})  # per bar
+    seeds = f"{n_seeds[0]}-{n_seeds[-1]}" if n_seeds[0] < n_seeds[-1] else f"{n_seeds[0]}"
     ax.set(title=f"{os.path.basename(os.path.abspath(out_dir))} ({setting(records)}):\n"
-           "char_acc at the training length, the mean (bar) and each seed (dot)",
-           ylabel="char_acc", ylim=(0, 1.05))
+           f"char_acc at the training length, the mean (bar) and each of {seeds} seeds (dot; "
+           "equal ones overlap)", ylabel="char_acc", ylim=(0, 1.05))
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     save(fig, os.path.join(out_dir, "ladder.png"))
