@@ -38,6 +38,7 @@ import train
 from artrm import RUNGS, Model
 from machine import get_device
 from records import UserError, fmt_time, run_name, summary
+from stopping import handling
 
 FLAGS = dict(  # the comparison's own flags, beside every flag of train.py
     seeds=(1, "run seeds seed .. seed+seeds-1"),
@@ -207,36 +208,31 @@ def execute(args, todo, jobs, threads):
             running.pop(run, None)
             slots.put(k)
 
-    handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     t0, done = time.time(), 0
-    try:
-        with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-            futures = {pool.submit(start, i, run, resume): run
-                       for i, (run, resume) in enumerate(todo)}
-            for f in concurrent.futures.as_completed(futures):
-                run, code = futures[f], f.result()
-                path = os.path.join(args.out_dir, run_name(*run), "record.json")
-                record = records.read_record(path)
-                if record is None:  # killed, stopped, or never started
-                    if code is None:
-                        why = "not started"
-                    elif stopping:
-                        why = f"stopped by {stopping[0]}"
-                    elif code < 0:
-                        why = f"killed by {signal.Signals(-code).name}"
-                    else:
-                        why = f"exit status {code}"
-                    left.append((run, why))
-                    continue
-                done += 1
-                eta = (time.time() - t0) / done * (len(todo) - done - len(left))
-                print(f"[{done}/{len(todo)} done] {summary(record)} | eta {fmt_time(eta)}",
-                      flush=True)
-                # from every process's records, not only this one's
-                write_views(args.out_dir, records.read_records(args.out_dir))
-    finally:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
+    with handling(on_signal), concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        futures = {pool.submit(start, i, run, resume): run
+                   for i, (run, resume) in enumerate(todo)}
+        for f in concurrent.futures.as_completed(futures):
+            run, code = futures[f], f.result()
+            path = os.path.join(args.out_dir, run_name(*run), "record.json")
+            record = records.read_record(path)
+            if record is None:  # killed, stopped, or never started
+                if code is None:
+                    why = "not started"
+                elif stopping:
+                    why = f"stopped by {stopping[0]}"
+                elif code < 0:
+                    why = f"killed by {signal.Signals(-code).name}"
+                else:
+                    why = f"exit status {code}"
+                left.append((run, why))
+                continue
+            done += 1
+            eta = (time.time() - t0) / done * (len(todo) - done - len(left))
+            print(f"[{done}/{len(todo)} done] {summary(record)} | eta {fmt_time(eta)}",
+                  flush=True)
+            # from every process's records, not only this one's
+            write_views(args.out_dir, records.read_records(args.out_dir))
     return [(run, why) for run, _ in todo for r, why in left if r == run]  # in the grid's order
 
 

@@ -6,6 +6,7 @@ a scheduler signals every process of a job, and a grid passes the signal on as w
 same signal can arrive more than once within a moment.
 """
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -18,9 +19,22 @@ class Interrupted(Exception):
     """A run stopped by a signal; its message says where its checkpoint is."""
 
 
+@contextlib.contextmanager
+def handling(handler):
+    """Within it, SIGINT and SIGTERM go to handler(signum, frame); the handlers that were
+    there before come back after, however it is left."""
+    before = {s: signal.signal(s, handler) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, old in before.items():
+            signal.signal(s, old)
+
+
 class StopOnSignal:
-    """with StopOnSignal() as stop: the loop asks `stop.asked` between iterations. After
-    `stop.now_at_once()` (nothing is left to save) any signal stops at once."""
+    """stop = StopOnSignal(); with handling(stop.on_signal): the loop asks `stop.asked`
+    between iterations. After `stop.now_at_once()` (nothing is left to save) any signal
+    stops at once."""
 
     def __init__(self):
         self.asked, self.at, self.at_once = None, 0.0, False  # the signal's name, when
@@ -36,23 +50,10 @@ class StopOnSignal:
     def now_at_once(self):
         self.at_once = True
 
-    def __enter__(self):
-        self.handlers = {s: signal.signal(s, self.on_signal) for s in SIGNALS}
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self.handlers.items():
-            signal.signal(s, handler)
-
 
 def hand_over(path, argv):
     """Run the file at path with these flags, and pass a signal on to it (Ctrl-C, kill, a
     scheduler's SIGTERM): in a session of its own, a terminal's Ctrl-C reaches it from here only."""
     p = subprocess.Popen([sys.executable, path, *argv], start_new_session=True)
-    pass_on = lambda signum, frame: p.send_signal(signum)
-    handlers = {s: signal.signal(s, pass_on) for s in SIGNALS}
-    try:
+    with handling(lambda signum, frame: p.send_signal(signum)):
         return p.wait()
-    finally:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)

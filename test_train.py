@@ -16,6 +16,7 @@ import torch
 import artrm
 import flags
 import records
+import stopping
 import train
 from artrm import Config
 
@@ -149,6 +150,18 @@ def test_killed_then_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path
     assert at < 150, "the run ended before it could be killed"
     assert cli(*RESUME_FLAGS, "--out_dir", str(tmp_path), "--resume").returncode == 0
     assert_same_run(uninterrupted, record(tmp_path, "copy_ar_trm_s1337"))
+
+
+def test_signal_handlers_are_put_back_after_a_run_even_when_it_fails():
+    before = [signal.getsignal(s) for s in stopping.SIGNALS]
+    stop = stopping.StopOnSignal()
+    with pytest.raises(ZeroDivisionError):
+        with stopping.handling(stop.on_signal):
+            os.kill(os.getpid(), signal.SIGTERM)  # taken between iterations: no exception here
+            os.kill(os.getpid(), signal.SIGTERM)  # a copy of the first, not a second signal
+            1 / 0
+    assert stop.asked == "SIGTERM"
+    assert [signal.getsignal(s) for s in stopping.SIGNALS] == before
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -29,7 +29,7 @@ from artrm import Model
 from machine import get_device, hardware, sync
 from records import UserError, code_version, describe, fmt_time, logged_to, run_name, summary
 from records import write_json
-from stopping import Interrupted, StopOnSignal, hand_over
+from stopping import Interrupted, StopOnSignal, hand_over, handling
 
 # -----------------------------------------------------------------------------
 # Settings: every flag of one run, its default (the laptop preset) and what it does.
@@ -184,7 +184,7 @@ def train_run(args, device, ckpt=None):
     t_log, tokens_log, loss = time.time(), 0, None
     stop = StopOnSignal()
     try:
-        with stop:
+        with handling(stop.on_signal):
             while it < args.max_iters and not stop.asked:
                 for group in optimizer.param_groups:
                     group["lr"] = get_lr(it, args)
