@@ -203,7 +203,7 @@ def main(argv=None):
         paths = [args.ckpt] if args.ckpt else own
         checked = []  # every checkpoint checked before any is evaluated
         for path, (task, _, seed) in zip(paths, runs):
-            ckpt = resume.load_checkpoint(path)
+            ckpt = resume.load_checkpoint(path, resume.MODEL_KEYS)
             task = ckpt.get("task", task)  # a checkpoint knows its task
             model = restore_model(ckpt, path, device)
             flags.check_fits(task, args.eval_lengths, model.config.block_size,

@@ -23,6 +23,9 @@ NOT_THE_RUN = ("model", "task", "seed", "device", "threads", "compile", "out_dir
                "ckpt_interval", "resume")
 CKPT_KEYS = {"model", "optimizer", "config", "settings", "iter", "data_rng", "torch_rng",
              "history", "wall_s", "passes"}
+# What a trained model alone carries (export.py): enough to evaluate it and ask it, not to
+# resume it. sample.py and evaluate.py read either file.
+MODEL_KEYS = {"model", "config", "iter"}
 
 
 def run_dir(args):
@@ -112,7 +115,16 @@ def restore(ckpt, model, optimizer, data_gen, device):
         torch.cuda.set_rng_state(ckpt["cuda_rng"])
 
 
-def load_checkpoint(path):
+def save_model(ckpt, path):
+    """The model of a checkpoint alone: its weights and config, and what it was trained on
+    and how (task, seed, iterations, settings, code), without optimizer or random state."""
+    keep = MODEL_KEYS | {"task", "seed", "n_digits", "settings", "code"}
+    atomic_write(path, lambda f: torch.save({k: v for k, v in ckpt.items() if k in keep}, f))
+
+
+def load_checkpoint(path, keys=CKPT_KEYS):
+    """The checkpoint at path, checked to hold at least `keys` (MODEL_KEYS: a model alone
+    is enough), or one line saying why it cannot be used."""
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}")
     try:  # weights_only: a checkpoint is data, never code to run
@@ -120,8 +132,11 @@ def load_checkpoint(path):
     except Exception as e:  # truncated, bad pickle, foreign file: one line, not torch's advice
         raise UserError(f"checkpoint {path} is corrupt or truncated: torch cannot read it as "
                         f"plain tensors and numbers ({type(e).__name__})") from None
-    is_ours = isinstance(ckpt, dict) and CKPT_KEYS <= ckpt.keys()
+    is_ours = isinstance(ckpt, dict) and MODEL_KEYS <= ckpt.keys()
     if not is_ours or not isinstance(ckpt["config"], dict):
         raise UserError(f"{path} is a torch file but not an artrm checkpoint (it lacks the "
                         f"model's config)")
+    if not keys <= ckpt.keys():
+        raise UserError(f"{path} holds a trained model only, without the optimizer and random "
+                        f"state a run resumes from; it can be evaluated and sampled, not resumed")
     return ckpt

@@ -132,7 +132,7 @@ def main(argv=None):
         if not 0 <= args.temperature < float("inf"):
             raise UserError("--temperature must be zero or positive and finite, "
                             f"got {args.temperature}")
-        ckpt = resume.load_checkpoint(args.ckpt)
+        ckpt = resume.load_checkpoint(args.ckpt, resume.MODEL_KEYS)
         if "task" not in ckpt:
             raise UserError(f"{args.ckpt} does not say which task it was trained on")
         device = get_device(args.device)

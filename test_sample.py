@@ -1,11 +1,15 @@
 """Tests of sample.py: ask a trained rung, and watch it think step by step."""
 
 import json
+import os
 import re
+import shutil
 
 import pytest
 import torch
 
+import evaluate
+import export
 import sample
 import train
 from artrm import Model
@@ -81,3 +85,34 @@ def test_a_bad_prompt_or_checkpoint_is_one_line_and_exit_2(solved_copy, tmp_path
                        (tmp_path / "foreign.pt", "not an artrm")):
         assert sample.main(["--ckpt", str(path), "--prompt", "390|"]) == 2
         assert says in capsys.readouterr().err
+
+
+def test_an_exported_model_is_small_answers_as_its_checkpoint_and_cannot_be_resumed(
+        solved_copy, tmp_path, capsys):
+    small = str(tmp_path / "copy_iter.pt")
+    assert export.main([solved_copy, small]) == 0
+    capsys.readouterr()
+    full = torch.load(solved_copy, weights_only=True)
+    alone = torch.load(small, weights_only=True)
+    assert "optimizer" not in alone and "data_rng" not in alone
+    assert alone["task"] == "copy" and alone["iter"] == 200
+    assert alone["settings"] == full["settings"]
+    assert all(torch.equal(alone["model"][k], v) for k, v in full["model"].items())  # fp32, as is
+    assert os.path.getsize(small) < os.path.getsize(solved_copy) / 2
+    said = []
+    for path in (solved_copy, small):  # the same answers, sampled with the same seed
+        assert sample.main(["--ckpt", path, "--prompt", "390|", "--steps",
+                            "--temperature", "1"]) == 0
+        assert evaluate.main(["--ckpt", path, "--eval_lengths", "3,4", "--eval_examples", "16",
+                              "--device", "cpu"]) == 0
+        said.append(capsys.readouterr().out.replace(path, "<file>"))
+    assert said[0] == said[1] and "390|390⏎" in said[0]
+    # a model alone is no checkpoint to resume from, and an export never overwrites
+    run = tmp_path / "run" / "copy_iter_s1337"
+    run.mkdir(parents=True)
+    shutil.copy(small, run / "ckpt.pt")
+    assert train.main(TINY + ["--model", "iter", "--task", "copy", "--out_dir",
+                              str(tmp_path / "run"), "--resume"]) == 2
+    assert "model only" in capsys.readouterr().err
+    assert export.main([solved_copy, small]) == 2
+    assert "exists" in capsys.readouterr().err
