@@ -140,15 +140,17 @@ def print_budget_tables(entries):
         print(report.format_table(header, rows))
 
 
-def plot_budgets(entries, out_dir):
+def plot_budgets(entries, out_dir, recorded):
     """test_budgets.png: char_acc at the first evaluation length against the test budget,
-    a line through each model's means and a dot for each seed, one panel per task."""
+    a line through each model's means and a dot for each seed, one panel per task. A rung
+    that halts runs fewer passes than it may: its legend says how many it ran. recorded:
+    {run name: record}, for the settings the runs were trained with."""
     tasks_here = report.tasks_of(entries)
     plt = figures.pyplot() if tasks_here else None
     if plt is None:
         return
     n_tasks = len(tasks_here)
-    fig, axes = plt.subplots(1, n_tasks, figsize=(5.5 * n_tasks, 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, n_tasks, figsize=(5.5 * n_tasks + 4, 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks_here):
         es = [e for e in entries if e["task"] == task]
         n = min(int(n) for e in es for b in e["budgets"].values() for n in b)
@@ -161,17 +163,30 @@ def plot_budgets(entries, out_dir):
             shift = 1.05 ** (i - (len(rows) - 1) / 2)  # side by side, so equal lines stay apart
             st = style[label]
             xs = [b * shift for b in budgets]
-            ax.plot(xs, [statistics.mean(a) for a in accs], alpha=0.85, label=label, **st)
+            ran = [statistics.mean(e["budgets"][str(b)][str(n)]["passes"] for e in group
+                                   if str(b) in e["budgets"]) for b in budgets]
+            halts = any(r < 0.98 * b for b, r in zip(budgets, ran))  # ran fewer than allowed
+            said = (f"{label}: halts, ran {ran[0]:.1f} of {budgets[0]} .. {ran[-1]:.1f} of "
+                    f"{budgets[-1]} passes (mean)") if halts else label
+            ax.plot(xs, [statistics.mean(a) for a in accs], alpha=0.85, label=said, **st)
             for x, a in zip(xs, accs):
                 ax.scatter([x] * len(a), a, s=10, color=st["color"], alpha=0.6, zorder=3)
             ax.axvline(group[0]["train_budget"], color="grey", linewidth=0.5)
         ax.axhline(0.1, color="grey", linestyle=":", linewidth=1)
         ax.set(title=f"{task}: thinking longer at test time (L={n})",
-               xlabel="test budget (block passes per token; grey line: trained at)",
+               xlabel="test budget (block passes per token allowed; grey line: trained at)",
                ylabel="char_acc (line: mean; dots: each seed)", xscale="log", ylim=(0, 1.02))
         ticks = sorted({int(b) for e in es for b in e["budgets"]})
         ax.set_xticks(ticks, [str(b) for b in ticks])
         ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
+    trained = [recorded[k] for k in sorted({run_name(e["task"], e["name"], e["seed"])
+                                            for e in entries}) if k in recorded]
+    said = {f"{e['eval_examples']} examples, " + ("greedy" if not e["temperature"]
+                                                  else f"temperature {e['temperature']}")
+            for e in entries}
+    where = os.path.basename(os.path.abspath(out_dir))
+    fig.suptitle(f"{where}: " + "; ".join(([figures.setting(trained)] if trained else [])
+                                          + sorted(said)), fontsize=9)
     extends = sorted({e["extend"] for e in entries})
     axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False,
                        title="\n".join(f"({x}): {EXTEND[x]}" for x in extends), title_fontsize=8)

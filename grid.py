@@ -151,7 +151,7 @@ def compare(args):
     shown, budgets = show(args, recorded, runs)
     if args.plot:
         figures.plot(shown, args.out_dir)
-        evaluate.plot_budgets(budgets, args.out_dir)
+        evaluate.plot_budgets(budgets, args.out_dir, shown)
     print(f"\nrecords in {args.out_dir}/<run>/record.json; "
           f"views {args.out_dir}/results.json and results.md "
           f"({fmt_time(time.time() - t0)} in all)")
@@ -273,7 +273,7 @@ def view(args):
     write_views(args.out_dir, recorded)
     if args.plot:
         figures.plot(shown, args.out_dir)
-        evaluate.plot_budgets(budgets, args.out_dir)
+        evaluate.plot_budgets(budgets, args.out_dir, shown)
     print(f"\nwrote {args.out_dir}/results.json and results.md from {len(recorded)} record(s)")
     return 0
 

@@ -89,11 +89,17 @@ def plot_sweep(records, out_dir, plt):
             ax.plot(line_x, line_y, alpha=0.85, label=f"{name} ({seeds} seeds)", **st)
             for x, a in zip(xs, accs):  # each seed, so that one outlier is not read as a spread
                 ax.scatter([x + shift] * len(a), a, s=12, color=st["color"], alpha=0.6, zorder=3)
+            for x, a in zip(xs, accs):  # a "mean" of one seed is hollow: it is that seed alone
+                if len(a) == 1:
+                    ax.plot(x + shift, a[0], marker=st["marker"], color=st["color"],
+                            markerfacecolor="white", linestyle="none", zorder=4)
             paper = PAPER_CHAR_ACC.get(task, {}).get(name)
             if paper is not None:
                 ax.plot(paper_x + shift, paper, markersize=8, **{**st, "linestyle": "none"})
         ax.axvline(paper_x - 0.5, color="grey", linestyle="--", linewidth=1)
         ax.axhline(0.1, color="grey", linestyle=":", linewidth=1, label="chance (0.10)")
+        ax.plot([], [], marker="o", color="grey", markerfacecolor="white", linestyle="none",
+                label="hollow: one seed only")
         ticks = {x: f"{folder}\n" + tick(changes) for x, (folder, changes) in zip(steps, folders)}
         ticks.update({x: f"step{x}\n(not run)" for x in range(paper_x) if x not in ticks})
         ticks[paper_x] = "the paper\n(its setting, as\nstep6; sampled at\ntemperature 1)"
