@@ -111,8 +111,9 @@ def model_config(args, name):
     try:
         return Config(**{**settings, **{e: True for e in ext}, "model": rung,
                          "vocab_size": len(tasks.VOCAB)})
-    except ValueError as e:
-        raise UserError(f"{name}: {e}") from None
+    except ValueError as e:  # named once: Config's own message may name the model already
+        said = str(e) if f"for {name}:" in str(e) else f"{name}: {e}"
+        raise UserError(said) from None
 
 
 def validate(args):

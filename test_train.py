@@ -304,7 +304,7 @@ BAD_INPUT = {  # what stderr must say: the flags (added to a tiny dense-on-copy 
     "unknown model 'gpt'": ["--model", "gpt"],
     "unknown model 'ar_trm+sparkle'": ["--model", "ar_trm+sparkle"],
     "unknown task 'shuffle'": ["--task", "shuffle"],
-    "budget 8 is impossible for nested_ut": ["--model", "dense,nested_ut", "--budget", "8"],
+    "error: budget 8 is impossible for nested_ut": ["--model", "dense,nested_ut", "--budget", "8"],
     "--n_digits must be positive": ["--n_digits", "0"],
     "--eval_lengths must be positive": ["--eval_lengths", "3,-1"],
     "more than --block_size 24": ["--task", "addition", "--eval_lengths", "3,8"],
