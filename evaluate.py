@@ -29,7 +29,7 @@ from train import evaluate
 
 FLAGS = dict(  # beside train.py's flags, which set the lengths, examples and temperature
     seeds=(1, "evaluate seeds seed .. seed+seeds-1"),
-    ckpt=("", "a checkpoint file to evaluate, instead of each run's own in out_dir"),
+    ckpt=("", "a checkpoint (or export.py model) to evaluate, instead of each run's own"),
     eval_budgets=("", "comma list of test-time budgets to evaluate tied rungs at "
                   "(think longer or shorter)"),
     step_extend=("cycle", "step embeddings past the trained steps: cycle (the authors') or last"),

@@ -31,7 +31,7 @@ from records import UserError
 
 def parse_args(argv=None):
     p = flags.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
-    p.add_argument("--ckpt", required=True, help="a run's ckpt.pt")
+    p.add_argument("--ckpt", required=True, help="a run's ckpt.pt, or a model from export.py")
     p.add_argument("--prompt", action="append", default=[],
                    help="a question, e.g. 3907| (may repeat)")
     p.add_argument("--examples", type=int, default=3,
