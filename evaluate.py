@@ -181,12 +181,10 @@ def plot_budgets(entries, out_dir, recorded):
         ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
     trained = [recorded[k] for k in sorted({run_name(e["task"], e["name"], e["seed"])
                                             for e in entries}) if k in recorded]
-    said = {f"{e['eval_examples']} examples, " + ("greedy" if not e["temperature"]
-                                                  else f"temperature {e['temperature']}")
-            for e in entries}
-    where = os.path.basename(os.path.abspath(out_dir))
-    fig.suptitle(f"{where}: " + "; ".join(([figures.setting(trained)] if trained else [])
-                                          + sorted(said)), fontsize=9)
+    evaluated = {f"{e['eval_examples']} examples, " + ("greedy" if not e["temperature"]
+                                                       else f"temperature {e['temperature']}")
+                 for e in entries}
+    figures.suptitle(fig, out_dir, trained, *sorted(evaluated))
     extends = sorted({e["extend"] for e in entries})
     axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False,
                        title="\n".join(f"({x}): {EXTEND[x]}" for x in extends), title_fontsize=8)

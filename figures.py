@@ -50,6 +50,13 @@ def setting(records):
     return ", ".join(f"{k}={v}" for k, v in shared)
 
 
+def suptitle(fig, out_dir, records, *more):
+    """A figure's heading: the experiment (out_dir's name), the settings its runs share, and
+    whatever more a figure has to say of how it was made."""
+    said = ([setting(records)] if records else []) + list(more)
+    fig.suptitle(f"{os.path.basename(os.path.abspath(out_dir))}: {'; '.join(said)}", fontsize=9)
+
+
 def save(fig, path):
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     print(f"wrote {path}")
@@ -86,8 +93,7 @@ def plot(experiment, out_dir):
         for ax in (ax1, ax2):
             ax.axhline(0.1, color="grey", linestyle=":", linewidth=1)
         ax2.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
-        fig.suptitle(f"{os.path.basename(os.path.abspath(out_dir))}: {setting(records)}",
-                     fontsize=9)
+        suptitle(fig, out_dir, records)
         fig.tight_layout()
         save(fig, os.path.join(out_dir, f"{task}.png"))
         plt.close(fig)
@@ -124,7 +130,7 @@ def plot_flops(records, out_dir, plt):
     axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False,
                        title="mean (hollow; equal means nest),\neach seed (small, filled)",
                        title_fontsize=8)
-    fig.suptitle(f"{os.path.basename(os.path.abspath(out_dir))}: {setting(records)}", fontsize=9)
+    suptitle(fig, out_dir, records)
     fig.tight_layout()
     save(fig, os.path.join(out_dir, "flops.png"))
     plt.close(fig)

@@ -89,8 +89,7 @@ def plot_sweep(records, out_dir, plt):
             ax.plot(line_x, line_y, alpha=0.85, label=f"{name} ({seeds} seeds)", **st)
             for x, a in zip(xs, accs):  # each seed, so that one outlier is not read as a spread
                 ax.scatter([x + shift] * len(a), a, s=12, color=st["color"], alpha=0.6, zorder=3)
-            for x, a in zip(xs, accs):  # a "mean" of one seed is hollow: it is that seed alone
-                if len(a) == 1:
+                if len(a) == 1:  # a "mean" of one seed is hollow: it is that seed alone
                     ax.plot(x + shift, a[0], marker=st["marker"], color=st["color"],
                             markerfacecolor="white", linestyle="none", zorder=4)
             paper = PAPER_CHAR_ACC.get(task, {}).get(name)
