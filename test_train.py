@@ -243,6 +243,19 @@ def test_resume_may_extend_a_run_and_the_record_says_so(tmp_path):
     assert rec["resumed"] == [{"iter": 2, "changed": {"max_iters": [2, 4]}}]
 
 
+def test_a_resumed_run_estimates_its_eta_from_its_own_pace(tmp_path, capsys):
+    assert run(tmp_path, "--model", "iter", "--task", "copy", "--max_iters", "5") == 0
+    ckpt_path = tmp_path / "copy_iter_s1337" / "ckpt.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    ckpt["wall_s"] = 1e6  # as if the first part ran on a far slower machine
+    torch.save(ckpt, ckpt_path)
+    capsys.readouterr()
+    assert run(tmp_path, "--model", "iter", "--task", "copy", "--max_iters", "15",
+               "--resume") == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("iter 00010"))
+    assert "h" not in line.split("eta ")[1], line  # 5 iterations at this part's pace: seconds
+
+
 def test_a_record_names_the_code_the_run_started_on(tmp_path, monkeypatch):
     versions = iter(["aaaaaaa", "bbbbbbb"])  # as if the files changed between the two parts
     monkeypatch.setattr(train, "code_version", lambda: next(versions))

@@ -169,6 +169,7 @@ def train_run(args, device, ckpt=None):
         new = f" with new {', '.join(changed)}" if changed else ""
         print(f"resuming {ckpt_path} from iter {it}{new}")
     count_passes(model, passes)
+    part_it, part_wall = it, wall  # the ETA goes by this part's pace: a resume may run elsewhere
     mean_steps = lambda mode: passes[mode][2] / max(passes[mode][0], 1)
     fwd = torch.compile(model) if args.compile else model  # the uncompiled model is what we save
     print(f"{run_name(task, name, seed)}: {describe(config, stats, T)}, {args.max_iters} iters")
@@ -209,7 +210,8 @@ def train_run(args, device, ckpt=None):
                     mask = targets != artrm.IGNORE_INDEX
                     tok_acc = (logits.argmax(-1)[mask] == targets[mask]).float().mean().item()
                     ran = mean_steps("train") * config.passes_per_step
-                    eta = fmt_time(wall / it * (args.max_iters - it))
+                    pace = (wall - part_wall) / (it - part_it)  # seconds per iteration
+                    eta = fmt_time(pace * (args.max_iters - it))
                     done = f"{it:05d}/{args.max_iters:05d} ({100 * it / args.max_iters:5.1f}%)"
                     print(f"iter {done} | loss {lossf:.4f} | tok_acc {tok_acc:.3f} | "
                           f"passes {ran:.1f}/{config.budget} | "
