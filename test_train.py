@@ -265,6 +265,19 @@ def test_a_record_names_the_code_the_run_started_on(tmp_path, monkeypatch):
     assert rec["code"] == "aaaaaaa" and rec["code_resumed"] == ["bbbbbbb"]
 
 
+def test_a_record_names_the_threads_of_each_part(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        assert run(tmp_path, "--model", "iter", "--task", "copy", "--max_iters", "2",
+                   "--threads", "2") == 0
+        assert run(tmp_path, "--model", "iter", "--task", "copy", "--max_iters", "4",
+                   "--resume", "--threads", "1") == 0
+    finally:
+        torch.set_num_threads(before)
+    rec = record(tmp_path, "copy_iter_s1337")
+    assert rec["threads"] == 2 and rec["threads_resumed"] == [1]
+
+
 def test_a_mismatching_checkpoint_is_refused_naming_the_fields(tmp_path, capsys):
     assert run(tmp_path, "--model", "dense", "--task", "copy", "--max_iters", "2") == 0
     assert run(tmp_path, "--model", "dense", "--task", "copy", "--max_iters", "4", "--resume",

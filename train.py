@@ -159,10 +159,12 @@ def train_run(args, device, ckpt=None):
     it, history, wall, resumed = 0, [], 0.0, []
     passes = {"train": [0, 0, 0.0], "eval": [0, 0, 0.0]}  # forwards, early exits, sum of mean steps
     code = [code_version()]  # the code this run starts on (and, when resumed, each it ran on)
+    threads = [torch.get_num_threads()]  # the same for the CPU threads: wall_s depends on them
     if ckpt is not None:
         resume.restore(ckpt, model, optimizer, data_gen, device)
         it, history, wall, passes = ckpt["iter"], ckpt["history"], ckpt["wall_s"], ckpt["passes"]
         resumed, code = ckpt.get("resumed", []), ckpt.get("code", []) + code
+        threads = ckpt.get("threads", []) + threads
         changed = resume.setting_changes(ckpt["settings"], settings, DEFAULTS)
         if changed:  # only RESUMABLE ones get here: say in the record what happened
             resumed = resumed + [{"iter": it, "changed": changed}]
@@ -177,7 +179,7 @@ def train_run(args, device, ckpt=None):
     def checkpoint():  # everything an exact resume needs
         resume.save_checkpoint(ckpt_path, model, optimizer, data_gen, device, iter=it,
                                history=history, wall_s=wall, passes=passes, settings=settings,
-                               resumed=resumed, code=code, task=task, seed=seed,
+                               resumed=resumed, code=code, threads=threads, task=task, seed=seed,
                                n_digits=args.n_digits)
 
     resume_with = resume_command(args)
@@ -256,7 +258,8 @@ def train_run(args, device, ckpt=None):
         "wall_s": wall, "final_loss": loss.item() if loss is not None else history[-1]["loss"],
         "eval": final, "history": history, "status": "ok", "resumed": resumed,
         "config": settings, "device": device, "hardware": hardware(device),
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "torch": torch.__version__, "threads": threads[0],
+        **({"threads_resumed": threads[1:]} if len(set(threads)) > 1 else {}),
         "code": code[0], **({"code_resumed": code[1:]} if len(set(code)) > 1 else {}),
     }
 
