@@ -439,8 +439,8 @@ class Model(nn.Module):
         of every matmul plus 2x for the backward of the passes that carry gradient.
         A block pass costs 24 d^2 (qkv 6, proj 2, mlp 16) plus 4 d * ctx for attention,
         with ctx = (T+1)/2 keys on average under the causal mask. Embedding lookups,
-        LayerNorms and softmaxes are not counted. `steps` (mean steps a position ran,
-        for halting rungs) gives the FLOPs actually spent instead of the ceiling."""
+        LayerNorms and softmaxes are not counted. `steps` (for halting rungs: the mean
+        steps a position ran, or a batch ran) gives the FLOPs of that many, not the ceiling."""
         c = self.config
         T = seq_len or c.block_size
         d, N = c.n_embd, steps or c.n_steps

@@ -98,11 +98,19 @@ def quarters(pos_acc):
             for q in range(4)]
 
 
+def spent_mflop(records):
+    """Training MFLOP per token the batches spent, mean over runs; ? where a record lacks it."""
+    spent = [r.get("spent_train_flops_per_token") for r in records]
+    return "?" if None in spent else f"{statistics.mean(spent) / 1e6:.2f}"
+
+
 def table_rows(records):
     """One row per model, each value mean±std over its seeds (failed runs counted apart)."""
     lengths = sorted({int(n) for r in records if r["status"] == "ok" for n in r["eval"]})
+    # newer records also hold the FLOPs spent: a batch runs until its last position halts
+    spent = any("spent_train_flops_per_token" in r for r in records)
     header = ["model", "seeds", "params", "passes train/eval (budget)", "grad",
-              "train MFLOP/tok exec (ceiling)", "wall s", "loss"]
+              f"train MFLOP/tok exec{'/spent' if spent else ''} (ceiling)", "wall s", "loss"]
     header += [f"{k} L={n}" for n in lengths for k in ("char", "seq")]
     rows = []
     for label, group in groups(records):
@@ -116,7 +124,8 @@ def table_rows(records):
                f"{mean('executed_block_passes_train'):.1f}/"
                f"{mean('executed_block_passes_eval'):.1f} ({rs[0]['block_passes']})",
                str(rs[0]["grad_block_passes"]),
-               f"{mean('executed_train_flops_per_token') / 1e6:.2f} "
+               f"{mean('executed_train_flops_per_token') / 1e6:.2f}"
+               f"{'/' + spent_mflop(rs) if spent else ''} "
                f"({rs[0]['train_flops_per_token'] / 1e6:.2f})",
                f"{mean('wall_s'):.0f}", pm(r["final_loss"] for r in rs)]
         for n in lengths:

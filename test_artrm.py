@@ -320,20 +320,32 @@ def test_halt_exploration_holds_each_sequence_to_its_drawn_minimum():
 
 def test_the_pass_count_reports_executed_passes_and_early_exits():
     model = Model(tiny("ut", budget=12)).eval()
-    passes = {"train": [0, 0, 0.0], "eval": [0, 0, 0.0]}
+    passes = {"train": [0, 0, 0.0, 0.0], "eval": [0, 0, 0.0, 0.0]}
     train.count_passes(model, passes)
     idx = torch.randint(0, 14, (2, 10))
     with torch.no_grad():
         model.halt.weight.zero_()
         model.halt.bias.fill_(30.0)  # halts at once
     model(idx)
-    assert passes["eval"] == [1, 1, 1.0]  # one forward, exited early, one step per position
+    assert passes["eval"] == [1, 1, 1.0, 1.0]  # one forward, exited early, one step per position
     never_halt(model)
     model(idx)
-    assert passes["eval"] == [2, 1, 13.0]  # the second ran all 12 steps
+    assert passes["eval"] == [2, 1, 13.0, 13.0]  # the second ran all 12 steps
     model.train()
     model(idx)  # training forwards are counted apart
-    assert passes["train"] == [1, 0, 12.0] and passes["eval"][0] == 2
+    assert passes["train"] == [1, 0, 12.0, 12.0] and passes["eval"][0] == 2
+
+
+def test_the_pass_count_tells_the_steps_a_batch_ran_from_those_a_position_needed():
+    # N = 4 steps; the head wants to stop at once, but exploration holds sequences longer
+    model = fire_at_once(Model(tiny("ar_trm", budget=24, halt_explore=1.0))).train()
+    passes = {"train": [0, 0, 0.0, 0.0], "eval": [0, 0, 0.0, 0.0]}
+    train.count_passes(model, passes)
+    torch.manual_seed(0)
+    model(torch.randint(0, 14, (64, 6)))
+    forwards, early, mean_steps, ran = passes["train"]
+    assert ran == 4.0 and early == 0  # some sequence drew the full 4 steps: the batch ran 4
+    assert mean_steps == float(model.last_steps.mean()) and 2.0 < mean_steps < 3.0  # (1+4)/2
 
 # -----------------------------------------------------------------------------
 # Extensions for the open question (default off: the paper's behaviour)

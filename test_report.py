@@ -38,6 +38,23 @@ def test_a_model_or_task_this_code_lacks_still_reports(tmp_path, capsys):
     assert "\nmine " in out.split("== sort")[1] and "\niter " in out.split("== copy")[1]
 
 
+def test_the_table_shows_the_flops_spent_where_every_record_of_a_row_holds_them(tmp_path):
+    assert train.main(TINY + ["--out_dir", str(tmp_path), "--model", "ut", "--task", "copy",
+                              "--max_iters", "2"]) == 0
+    new = json.loads((tmp_path / "copy_ut_s1337" / "record.json").read_text())
+    old = {k: v for k, v in new.items() if not k.startswith("spent_")}  # as older code wrote
+    column = lambda header: next(i for i, h in enumerate(header) if h.startswith("train MFLOP"))
+    header, rows = report.table_rows([old, {**old, "seed": 2}])
+    assert header[column(header)] == "train MFLOP/tok exec (ceiling)"  # older tables read as before
+    header, rows = report.table_rows([new, {**old, "seed": 2}, {**new, "model": "dense",
+                                                               "name": "dense"}])
+    i, spent = column(header), new["spent_train_flops_per_token"] / 1e6
+    assert header[i] == "train MFLOP/tok exec/spent (ceiling)"
+    cells = {row[0]: row[i] for row in rows}
+    assert cells["ut"].split(" ")[0].endswith("/?")  # one of its seeds did not count them
+    assert cells["dense"].split(" ")[0].endswith(f"/{spent:.2f}")
+
+
 def test_plot_without_matplotlib_says_how_to_install_it(tmp_path, monkeypatch, capsys):
     assert train.main(TINY + ["--out_dir", str(tmp_path), "--model", "iter", "--task", "copy",
                               "--max_iters", "2"]) == 0

@@ -62,6 +62,11 @@ def test_a_run_writes_its_record_log_and_checkpoint(tmp_path, capsys):
     assert 1 <= rec["executed_block_passes_eval"] <= 6
     assert 0 <= rec["early_exit_fraction_train"] <= 1 and 0 <= rec["early_exit_fraction_eval"] <= 1
     assert rec["executed_train_flops_per_token"] <= rec["train_flops_per_token"]
+    # a batch runs until its last position halts: at least the mean, at most the budget
+    assert rec["executed_block_passes_train"] <= rec["spent_block_passes_train"] <= 6
+    assert rec["executed_block_passes_eval"] <= rec["spent_block_passes_eval"] <= 6
+    spent = rec["spent_train_flops_per_token"]
+    assert rec["executed_train_flops_per_token"] <= spent <= rec["train_flops_per_token"]
     assert rec["config"]["max_iters"] == 6
     assert "out_dir" not in rec["config"] and "model" not in rec["config"]
     ckpt = torch.load(tmp_path / "addition_ut_s1337" / "ckpt.pt", weights_only=True)
@@ -254,6 +259,19 @@ def test_a_resumed_run_estimates_its_eta_from_its_own_pace(tmp_path, capsys):
                "--resume") == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("iter 00010"))
     assert "h" not in line.split("eta ")[1], line  # 5 iterations at this part's pace: seconds
+
+
+def test_a_checkpoint_from_before_the_batch_steps_were_counted_resumes_and_says_so(tmp_path):
+    assert run(tmp_path, "--model", "ut", "--task", "copy", "--max_iters", "2") == 0
+    ckpt_path = tmp_path / "copy_ut_s1337" / "ckpt.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    ckpt["passes"] = {k: v[:3] for k, v in ckpt["passes"].items()}  # as older code saved them
+    torch.save(ckpt, ckpt_path)
+    assert run(tmp_path, "--model", "ut", "--task", "copy", "--max_iters", "4", "--resume") == 0
+    rec = record(tmp_path, "copy_ut_s1337")
+    assert rec["spent_block_passes_train"] is None and rec["spent_train_flops_per_token"] is None
+    assert 1 <= rec["spent_block_passes_eval"] <= 6  # the final evaluation is counted anew
+    assert 1 <= rec["executed_block_passes_train"] <= 6
 
 
 def test_a_record_names_the_code_the_run_started_on(tmp_path, monkeypatch):

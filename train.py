@@ -136,12 +136,14 @@ def get_lr(it, args):
 def count_passes(model, passes):
     """Executed compute (a halting rung may stop before its budget): after each forward, in
     passes["train"] or passes["eval"], [forwards, early exits of the whole batch, mean steps
-    run]."""
+    per position, steps the batch ran]. A batch runs until its last position halts, so the
+    last is the compute spent; the mean is what each position needed."""
     def count(m, inputs, output):
         tally = passes["train" if m.training else "eval"]
         tally[0] += 1
         tally[1] += int(m.last_steps.max() < m.last_n_steps)  # a sync, as readouts make per step
         tally[2] += float(m.last_steps.mean())
+        tally[3] += float(m.last_steps.max())
     return model.register_forward_hook(count)
 
 
@@ -157,12 +159,14 @@ def train_run(args, device, ckpt=None):
     data_gen = torch.Generator(device=device).manual_seed(seed)  # the data stream, apart from init
     stats = model.compute_stats(T)
     it, history, wall, resumed = 0, [], 0.0, []
-    passes = {"train": [0, 0, 0.0], "eval": [0, 0, 0.0]}  # forwards, early exits, sum of mean steps
+    passes = {"train": [0, 0, 0.0, 0.0], "eval": [0, 0, 0.0, 0.0]}  # see count_passes
     code = [code_version()]  # the code this run starts on (and, when resumed, each it ran on)
     threads = [torch.get_num_threads()]  # the same for the CPU threads: wall_s depends on them
     if ckpt is not None:
         resume.restore(ckpt, model, optimizer, data_gen, device)
         it, history, wall, passes = ckpt["iter"], ckpt["history"], ckpt["wall_s"], ckpt["passes"]
+        for tally in passes.values():  # a checkpoint from before the steps run were counted
+            tally += [math.nan] * (4 - len(tally))
         resumed, code = ckpt.get("resumed", []), ckpt.get("code", []) + code
         threads = ckpt.get("threads", []) + threads
         changed = resume.setting_changes(ckpt["settings"], settings, DEFAULTS)
@@ -173,6 +177,7 @@ def train_run(args, device, ckpt=None):
     count_passes(model, passes)
     part_it, part_wall = it, wall  # the ETA goes by this part's pace: a resume may run elsewhere
     mean_steps = lambda mode: passes[mode][2] / max(passes[mode][0], 1)
+    ran_steps = lambda mode: passes[mode][3] / max(passes[mode][0], 1)  # nan: not counted
     fwd = torch.compile(model) if args.compile else model  # the uncompiled model is what we save
     print(f"{run_name(task, name, seed)}: {describe(config, stats, T)}, {args.max_iters} iters")
 
@@ -236,7 +241,7 @@ def train_run(args, device, ckpt=None):
                 raise Interrupted(f"interrupted ({stop.asked}) at iter {it}; its checkpoint is in "
                                   f"{ckpt_path}. Resume with: {resume_with}")
             stop.now_at_once()  # nothing is left to save
-            passes["eval"] = [0, 0, 0.0]  # executed passes of the final evaluation only
+            passes["eval"] = [0, 0, 0.0, 0.0]  # executed passes of the final evaluation only
             final = evaluate(model, task, args.eval_lengths, args.eval_examples, device,
                              args.temperature, show=3)
     except KeyboardInterrupt:  # a second signal: at once, leaving the last checkpoint as it was
@@ -246,6 +251,7 @@ def train_run(args, device, ckpt=None):
     print("final evaluation: " + " | ".join(
         f"L={n} char_acc {r['char_acc']:.3f} seq_acc {r['seq_acc']:.3f}" for n, r in final.items()))
     executed = model.compute_stats(T, steps=mean_steps("train"))["train_flops_per_token"]
+    spent = model.compute_stats(T, steps=ran_steps("train"))["train_flops_per_token"]
     return {
         "model": config.model, "name": name, "task": task, "seed": seed, "budget": config.budget,
         "n_digits": args.n_digits, "iters": it, **stats,
@@ -254,6 +260,9 @@ def train_run(args, device, ckpt=None):
         "early_exit_fraction_train": passes["train"][1] / max(passes["train"][0], 1),
         "early_exit_fraction_eval": passes["eval"][1] / max(passes["eval"][0], 1),
         "executed_train_flops_per_token": executed,
+        "spent_block_passes_train": known(ran_steps("train") * config.passes_per_step),
+        "spent_block_passes_eval": ran_steps("eval") * config.passes_per_step,
+        "spent_train_flops_per_token": known(spent),
         "train_tokens": it * args.batch_size * T,
         "wall_s": wall, "final_loss": loss.item() if loss is not None else history[-1]["loss"],
         "eval": final, "history": history, "status": "ok", "resumed": resumed,
@@ -262,6 +271,11 @@ def train_run(args, device, ckpt=None):
         **({"threads_resumed": threads[1:]} if len(set(threads)) > 1 else {}),
         "code": code[0], **({"code_resumed": code[1:]} if len(set(code)) > 1 else {}),
     }
+
+
+def known(x):
+    """None where a resumed run's older part was not counted (JSON has no nan)."""
+    return None if math.isnan(x) else x
 
 
 def resume_command(args):
