@@ -57,6 +57,20 @@ def suptitle(fig, out_dir, records, *more):
     fig.suptitle(f"{os.path.basename(os.path.abspath(out_dir))}: {'; '.join(said)}", fontsize=9)
 
 
+def flops_per_token(record):
+    """The training FLOPs per token a run spent: as its batches ran (a batch runs until its
+    last position halts) where the record counts that, else as its positions ran (older
+    records: for a halting rung, less than the batches spent)."""
+    spent = record.get("spent_train_flops_per_token")
+    return record["executed_train_flops_per_token"] if spent is None else spent
+
+
+def flops_caveat(records):
+    """What a FLOPs axis has to say when older records gave flops_per_token's lower count."""
+    counted = all(r.get("spent_train_flops_per_token") is not None for r in records)
+    return () if counted else ("halting rungs' FLOPs as their positions ran (batches ran more)",)
+
+
 def save(fig, path):
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     print(f"wrote {path}")
@@ -80,20 +94,20 @@ def plot(experiment, out_dir):
                 ax1.plot([p + 1 + shift for p in range(len(acc))], acc, alpha=0.85, label=label,
                          **style[label])
             for r in group:  # each seed against its own FLOPs: halting rungs' seeds differ
-                rate = r["executed_train_flops_per_token"] * r["train_tokens"] / r["iters"]
+                rate = flops_per_token(r) * r["train_tokens"] / r["iters"]
                 ax2.plot([e["iter"] * rate for e in r["history"]],
                          [e["char_acc"] for e in r["history"]], markersize=3, alpha=0.7,
                          label=label if r is group[0] else None, **style[label])
         ax1.set(title=f"{task}: accuracy by answer position (training length)", ylim=(0, 1.02),
                 xlabel="answer position (first digit = 1)", ylabel="accuracy (mean over seeds)")
         ax2.set(title=f"{task}: char_acc during training, each seed", ylim=(0, 1.02),
-                xlabel="training FLOPs spent so far (executed)",
+                xlabel="training FLOPs spent so far",
                 ylabel="char_acc at the training length")
         ax2.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
         for ax in (ax1, ax2):
             ax.axhline(0.1, color="grey", linestyle=":", linewidth=1)
         ax2.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
-        suptitle(fig, out_dir, records)
+        suptitle(fig, out_dir, records, *flops_caveat(records))
         fig.tight_layout()
         save(fig, os.path.join(out_dir, f"{task}.png"))
         plt.close(fig)
@@ -103,7 +117,8 @@ def plot(experiment, out_dir):
 
 def plot_flops(records, out_dir, plt):
     """flops.png: char_acc at the training length against the training FLOPs each run spent
-    (executed, whole run): the mean of each model large, each seed small; a panel per task."""
+    (flops_per_token, whole run): the mean of each model large, each seed small; a panel per
+    task."""
     tasks_here = tasks_of(records)
     if not tasks_here:
         return
@@ -113,7 +128,7 @@ def plot_flops(records, out_dir, plt):
         rows = groups([r for r in records if r["task"] == task], own_runs)
         style = styles([label for label, _ in rows])
         for i, (label, group) in enumerate(rows):
-            flops = [r["executed_train_flops_per_token"] * r["train_tokens"] for r in group]
+            flops = [flops_per_token(r) * r["train_tokens"] for r in group]
             acc = [at_training_length(r)["char_acc"] for r in group]
             st = {**style[label], "linestyle": "none"}
             size = 6 + 1.5 * (len(rows) - 1 - i)  # hollow and smaller down the legend: equal
@@ -124,13 +139,13 @@ def plot_flops(records, out_dir, plt):
         ax.axhline(0.1, color="grey", linestyle=":", linewidth=1)
         ax.margins(x=0.08)  # the largest marker stays inside the axes
         ax.set(title=f"{task}: accuracy against training compute", ylim=(0, 1.05),
-               xlabel="training FLOPs spent (executed, whole run)",
+               xlabel="training FLOPs spent (whole run)",
                ylabel="char_acc at the training length")
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False,
                        title="mean (hollow; equal means nest),\neach seed (small, filled)",
                        title_fontsize=8)
-    suptitle(fig, out_dir, records)
+    suptitle(fig, out_dir, records, *flops_caveat(records))
     fig.tight_layout()
     save(fig, os.path.join(out_dir, "flops.png"))
     plt.close(fig)

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import figures
 import grid
 import records
 import report
@@ -53,6 +54,14 @@ def test_the_table_shows_the_flops_spent_where_every_record_of_a_row_holds_them(
     cells = {row[0]: row[i] for row in rows}
     assert cells["ut"].split(" ")[0].endswith("/?")  # one of its seeds did not count them
     assert cells["dense"].split(" ")[0].endswith(f"/{spent:.2f}")
+
+
+def test_figures_place_a_run_at_the_flops_its_batches_spent_and_say_when_unknown():
+    new = {"executed_train_flops_per_token": 2.0, "spent_train_flops_per_token": 5.0}
+    old = {"executed_train_flops_per_token": 2.0}  # an older record: positions' steps only
+    assert figures.flops_per_token(new) == 5.0 and figures.flops_per_token(old) == 2.0
+    assert figures.flops_caveat([new, new]) == ()
+    assert "positions" in figures.flops_caveat([new, old])[0]  # one older record: said
 
 
 def test_plot_without_matplotlib_says_how_to_install_it(tmp_path, monkeypatch, capsys):
