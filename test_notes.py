@@ -126,7 +126,7 @@ def test_the_notes_of_the_paper_setting_are_what_its_records_say():
     for path, r in records.read_records(out_dir).items():
         assert r["config"]["preset"] == "paper", path
         assert r["iters"] == r["config"]["max_iters"] == 5000, path
-        row, e = notes_row("toward_paper", "## Step 6", r["name"]), r["eval"]
+        row, e = notes_row("toward_paper", "## Step 6", f"{r['name']}, seed {r['seed']}"), r["eval"]
         at = report.at_training_length(r)
         assert row[1:3] == [f"{at['char_acc']:.3f}", f"{at['seq_acc']:.3f}"], path
         assert row[5] == "/".join(f"{q:.2f}" for q in report.quarters(at["pos_acc"])), path
