@@ -320,7 +320,7 @@ def test_halt_exploration_holds_each_sequence_to_its_drawn_minimum():
 
 def test_the_pass_count_reports_executed_passes_and_early_exits():
     model = Model(tiny("ut", budget=12)).eval()
-    passes = {"train": [0, 0, 0.0, 0.0], "eval": [0, 0, 0.0, 0.0]}
+    passes = {"train": train.new_tally(), "eval": train.new_tally()}
     train.count_passes(model, passes)
     idx = torch.randint(0, 14, (2, 10))
     with torch.no_grad():
@@ -339,7 +339,7 @@ def test_the_pass_count_reports_executed_passes_and_early_exits():
 def test_the_pass_count_tells_the_steps_a_batch_ran_from_those_a_position_needed():
     # N = 4 steps; the head wants to stop at once, but exploration holds sequences longer
     model = fire_at_once(Model(tiny("ar_trm", budget=24, halt_explore=1.0))).train()
-    passes = {"train": [0, 0, 0.0, 0.0], "eval": [0, 0, 0.0, 0.0]}
+    passes = {"train": train.new_tally(), "eval": train.new_tally()}
     train.count_passes(model, passes)
     torch.manual_seed(0)
     model(torch.randint(0, 14, (64, 6)))

@@ -133,11 +133,16 @@ def get_lr(it, args):
     return args.lr / 10 + 0.5 * (1 + math.cos(math.pi * ratio)) * (args.lr - args.lr / 10)
 
 
+def new_tally():
+    """[forwards, early exits of the whole batch, sum of mean steps per position, sum of the
+    steps the batch ran]: count_passes adds to one for training, one for evaluation."""
+    return [0, 0, 0.0, 0.0]
+
+
 def count_passes(model, passes):
-    """Executed compute (a halting rung may stop before its budget): after each forward, in
-    passes["train"] or passes["eval"], [forwards, early exits of the whole batch, mean steps
-    per position, steps the batch ran]. A batch runs until its last position halts, so the
-    last is the compute spent; the mean is what each position needed."""
+    """Executed compute (a halting rung may stop before its budget): after each forward, into
+    passes["train"] or passes["eval"] (a new_tally). A batch runs until its last position
+    halts, so its steps are the compute spent; the mean is what each position needed."""
     def count(m, inputs, output):
         tally = passes["train" if m.training else "eval"]
         tally[0] += 1
@@ -159,16 +164,16 @@ def train_run(args, device, ckpt=None):
     data_gen = torch.Generator(device=device).manual_seed(seed)  # the data stream, apart from init
     stats = model.compute_stats(T)
     it, history, wall, resumed = 0, [], 0.0, []
-    passes = {"train": [0, 0, 0.0, 0.0], "eval": [0, 0, 0.0, 0.0]}  # see count_passes
-    code = [code_version()]  # the code this run starts on (and, when resumed, each it ran on)
-    threads = [torch.get_num_threads()]  # the same for the CPU threads: wall_s depends on them
+    passes = {"train": new_tally(), "eval": new_tally()}
+    # what this part runs on; a resume puts the earlier parts' before it (wall_s depends on them)
+    parts = {"code": [code_version()], "threads": [torch.get_num_threads()]}
     if ckpt is not None:
         resume.restore(ckpt, model, optimizer, data_gen, device)
         it, history, wall, passes = ckpt["iter"], ckpt["history"], ckpt["wall_s"], ckpt["passes"]
         for tally in passes.values():  # a checkpoint from before the steps run were counted
-            tally += [math.nan] * (4 - len(tally))
-        resumed, code = ckpt.get("resumed", []), ckpt.get("code", []) + code
-        threads = ckpt.get("threads", []) + threads
+            tally += [math.nan] * (len(new_tally()) - len(tally))
+        resumed = ckpt.get("resumed", [])
+        parts = {k: ckpt.get(k, []) + v for k, v in parts.items()}
         changed = resume.setting_changes(ckpt["settings"], settings, DEFAULTS)
         if changed:  # only RESUMABLE ones get here: say in the record what happened
             resumed = resumed + [{"iter": it, "changed": changed}]
@@ -184,7 +189,7 @@ def train_run(args, device, ckpt=None):
     def checkpoint():  # everything an exact resume needs
         resume.save_checkpoint(ckpt_path, model, optimizer, data_gen, device, iter=it,
                                history=history, wall_s=wall, passes=passes, settings=settings,
-                               resumed=resumed, code=code, threads=threads, task=task, seed=seed,
+                               resumed=resumed, **parts, task=task, seed=seed,
                                n_digits=args.n_digits)
 
     resume_with = resume_command(args)
@@ -241,7 +246,7 @@ def train_run(args, device, ckpt=None):
                 raise Interrupted(f"interrupted ({stop.asked}) at iter {it}; its checkpoint is in "
                                   f"{ckpt_path}. Resume with: {resume_with}")
             stop.now_at_once()  # nothing is left to save
-            passes["eval"] = [0, 0, 0.0, 0.0]  # executed passes of the final evaluation only
+            passes["eval"] = new_tally()  # executed passes of the final evaluation only
             final = evaluate(model, task, args.eval_lengths, args.eval_examples, device,
                              args.temperature, show=3)
     except KeyboardInterrupt:  # a second signal: at once, leaving the last checkpoint as it was
@@ -267,10 +272,19 @@ def train_run(args, device, ckpt=None):
         "wall_s": wall, "final_loss": loss.item() if loss is not None else history[-1]["loss"],
         "eval": final, "history": history, "status": "ok", "resumed": resumed,
         "config": settings, "device": device, "hardware": hardware(device),
-        "torch": torch.__version__, "threads": threads[0],
-        **({"threads_resumed": threads[1:]} if len(set(threads)) > 1 else {}),
-        "code": code[0], **({"code_resumed": code[1:]} if len(set(code)) > 1 else {}),
+        "torch": torch.__version__, **first_and_resumed(parts),
     }
+
+
+def first_and_resumed(parts):
+    """{"code": the first part's, "code_resumed": the later parts' where any differ}, and the
+    same for each key of parts."""
+    out = {}
+    for key, values in parts.items():
+        out[key] = values[0]
+        if len(set(values)) > 1:
+            out[f"{key}_resumed"] = values[1:]
+    return out
 
 
 def known(x):
