@@ -18,6 +18,7 @@ import grid
 import records
 import report
 import resume
+import sample
 import train
 from records import run_name
 from test_artrm import PAPER_RUNGS
@@ -137,6 +138,16 @@ def test_the_notes_of_the_paper_setting_are_what_its_records_say():
         # --eval_only's output
         sampled = open(os.path.join(out_dir, path, "eval_temperature1.txt")).read()
         assert f"char_acc {row[3]} seq_acc {row[4]}" in sampled, path
+
+
+def test_the_readmes_question_to_the_committed_paper_setting_model_answers_as_shown(capsys):
+    text = open(os.path.join(HERE, "README.md")).read()
+    command, shown = re.search(r"`python sample\.py (--ckpt results/[^`]+)`.*?\n\n"
+                               r"((?:    [^\n]*\n)+)", text, re.S).groups()
+    assert sample.main(shlex.split(command)) == 0
+    printed = capsys.readouterr().out.splitlines()
+    for line in shown.splitlines():  # each line shown (the README leaves some rows out)
+        assert line[4:] in printed
 
 
 def test_the_sweep_figure_reads_the_folders_in_order_and_what_each_changes(tmp_path):
