@@ -32,7 +32,7 @@ def main(argv=None):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    mb = os.path.getsize(args.out) / 2**20
+    mb = os.path.getsize(args.out) / 1e6  # decimal megabytes, as a file manager shows them
     print(f"{args.out}: {ckpt['config']['model']} on {ckpt.get('task', '?')}, seed "
           f"{ckpt.get('seed', '?')}, iter {ckpt['iter']}, {mb:.1f} MB")
     return 0
