@@ -28,13 +28,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-RUNGS = ("dense", "iter", "iter_step", "ut", "dual_ut", "nested_ut", "ar_trm")
-IGNORE_INDEX = -1  # targets at prompt positions; cross_entropy skips them
+from machine import Dropout
+from tasks import IGNORE_INDEX  # targets at prompt positions: the loss skips them
+
 HALT_THRESHOLD = 1.0 - 1e-6  # ACT: a position halts when its cumulative p reaches this
 
 # -----------------------------------------------------------------------------
-# The block: the only thing any rung ever evaluates. (Its Dropout, a cheaper mask
-# on CPU, is with the helpers at the end of the file.)
+# The block: the only thing any rung ever evaluates. (Its Dropout is nn.Dropout with a
+# cheaper mask on CPU: machine.py.)
 
 class CausalSelfAttention(nn.Module):
 
@@ -45,8 +46,8 @@ class CausalSelfAttention(nn.Module):
         # q, k, v in one matmul, no bias (as the authors)
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
-        # on the output; the attention probabilities get theirs in SDPA
-        self.dropout = Dropout(config.dropout)
+        self.attn_p = config.dropout  # on the attention probabilities, in SDPA (as the authors)
+        self.dropout = Dropout(config.dropout)  # on the output
 
     def forward(self, x):
         B, T, C = x.size()
@@ -54,8 +55,7 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        # dropout on the attention probabilities, as the authors
-        p = self.dropout.p if self.training else 0.0
+        p = self.attn_p if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)                 # (B, T, C)
         return self.dropout(self.c_proj(y))
@@ -105,7 +105,7 @@ LADDER = {  #   tied   step_emb halting   two_streams nested
 
 @dataclass
 class Config:
-    model: str = "ar_trm"          # the rung, one of RUNGS
+    model: str = "ar_trm"          # the rung, a key of LADDER
     budget: int = 24               # block passes per token per forward, at most (no early halt)
     n_embd: int = 384              # width d
     n_head: int = 6
@@ -120,23 +120,11 @@ class Config:
     deep_supervision: bool = False # extension: loss on every step's y, detached between steps (TRM)
     halt_loss: bool = False        # extension: BCE for ar_trm's halt head on "answer exactly right"
 
-    def __post_init__(self):
-        if self.model not in RUNGS:
-            raise ValueError(f"unknown model {self.model!r}; choose from {', '.join(RUNGS)}")
-        checks = [
-            (self.n_embd > 0 and self.n_head > 0 and self.n_embd % self.n_head == 0,
-             f"n_embd ({self.n_embd}) must be a positive multiple of n_head ({self.n_head})"),
-            (self.block_size > 0 and self.vocab_size > 0,
-             "block_size and vocab_size must be positive"),
-            (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
-            (self.n_outer >= 1 and self.n_inner >= 1, "n_outer and n_inner must be at least 1"),
-            (self.ponder_weight >= 0, f"ponder_weight must be >= 0, got {self.ponder_weight}"),
-            (0 <= self.halt_explore <= 1,
-             f"halt_explore must be in [0, 1], got {self.halt_explore}"),
-        ]
-        for ok, what in checks:
-            if not ok:
-                raise ValueError(what)
+    def __post_init__(self):  # what a rung makes of the settings (flags.py checks each alone)
+        if self.model not in LADDER:
+            raise ValueError(f"unknown model {self.model!r}; choose from {', '.join(LADDER)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
         if self.budget <= 0 or self.budget % self.passes_per_step:
             k = self.passes_per_step
             raise ValueError(f"budget {self.budget} is impossible for {self.model}: it spends {k} "
@@ -167,6 +155,7 @@ class Config:
 
 class FinalReadout:
     """Rungs 1-3: the output is the last state."""
+    head_flops = staticmethod(lambda d, T: 0)  # per token and step: no halting head
 
     def __init__(self, model, y, n_steps):
         self.n_steps = n_steps
@@ -185,6 +174,7 @@ class ACTReadout:
     (so its remainder, in the ponder cost, is what is left after p). Halted positions
     are still computed (others attend to them), they just stop adding to the output.
     The caller exits early only when the whole batch has halted."""
+    head_flops = staticmethod(lambda d, T: 2 * d)  # the halting unit at every position
 
     def __init__(self, model, y, n_steps):
         self.halt, self.n_steps = model.halt, n_steps
@@ -221,15 +211,13 @@ class HaltReadout:
     """Rung 7: a binary halting head reads y at position 0, as in the authors' code
     (position 0 sees only the first token, so halting stays causal, but it also cannot
     tell whether the answer is right). A sequence halts when its logit > 0 or at the
-    last step, and its output is y at that step. (When sequences of one batch halt at
-    different steps, the authors' batched training forward reads the last executed step
-    for all of them; here each reads its own, as their one-at-a-time evaluation does, so
-    that training and evaluation compute the same function.)
+    last step, and its output is y at that step (each its own: see the README's fidelity).
     Halt exploration, as in the paper: in training, with probability halt_explore a
     sequence draws a minimum step count uniform in 1..N and cannot halt before it.
     Quirk kept from the paper: the head starts at weight 0, bias -5 and, in the
     authors' code, gets no loss, so it never fires and every forward runs the whole
     budget. Only halt_loss=True (an extension) trains it."""
+    head_flops = staticmethod(lambda d, T: 2 * d / T)  # at position 0 only
 
     def __init__(self, model, y, n_steps):
         self.halt, self.n_steps = model.halt, n_steps
@@ -353,7 +341,7 @@ class Model(nn.Module):
             loss = cross_entropy(logits, targets)
         if c.halt_loss:
             loss = loss + torch.stack(bce_steps).mean()
-        if c.rung.halting == "act" and c.ponder_weight:
+        if c.ponder_weight and hasattr(readout, "ponder_cost"):
             loss = loss + c.ponder_weight * readout.ponder_cost()
         return logits, loss
 
@@ -411,11 +399,8 @@ class Model(nn.Module):
 
     def configure_optimizers(self, lr, weight_decay=0.01):
         # AdamW decaying every parameter, biases and LayerNorm gains included, as the
-        # authors do (nanoGPT exempts vectors; the paper's model does not). betas are
-        # torch's default, (0.9, 0.999).
-        # fused: one kernel for all parameters, faster. AdamW takes fused=True for CUDA
-        # tensors from torch 2.0 and for CPU tensors from torch 2.4 (pytorch/pytorch#123074);
-        # before 2.4 it refuses CPU tensors, so older versions use the default there.
+        # authors do (nanoGPT exempts vectors); betas torch's (0.9, 0.999). fused: one kernel
+        # for all parameters; CPU tensors take it from torch 2.4 (pytorch/pytorch#123074).
         device = self.lm_head.weight.device.type
         fused = device == "cuda" or (device == "cpu" and torch.__version__ >= "2.4")
         return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
@@ -449,8 +434,7 @@ class Model(nn.Module):
         pass_flops = 24 * d * d + 4 * d * (T + 1) / 2
         heads = N if c.deep_supervision or c.halt_loss else 1  # lm_head readouts per forward
         head_flops = heads * 2 * d * c.vocab_size
-        # the halting head, per step (binary: at position 0 only)
-        halt_flops = {None: 0, "act": 2 * d, "binary": 2 * d / T}[c.rung.halting]
+        halt_flops = READOUTS[c.rung.halting].head_flops(d, T)  # per step
         fwd = N * c.passes_per_step * pass_flops + head_flops + N * halt_flops
         bwd = 2 * (grad_passes * pass_flops + head_flops + grad_steps * halt_flops)
         return {
@@ -461,25 +445,3 @@ class Model(nn.Module):
             # one training forward (evaluation reads one lm_head, not N)
             "forward_flops_per_token": fwd,
         }
-
-# -----------------------------------------------------------------------------
-# Helpers
-
-class Dropout(nn.Dropout):
-    """nn.Dropout with a cheaper mask on CPU, where bernoulli_ draws one single-threaded
-    random number per element (~6% of a paper-setting step). Here each 64-bit draw gives
-    four 16-bit ones: p rounds to a multiple of 1/65536 (0.1 -> 0.100006) and kept values
-    are scaled by the exact inverse keep rate, so it stays unbiased. Other devices:
-    F.dropout."""
-
-    def forward(self, x):
-        if not self.training or self.p == 0:
-            return x
-        if x.device.type != "cpu":
-            return F.dropout(x, self.p, training=True)
-        k = round(self.p * 65536)                                  # drop when a 16-bit draw < k
-        n_words = (x.numel() + 3) // 4
-        words = torch.empty(n_words, dtype=torch.int64).random_(-2**63, None)  # all 64 bits
-        draws = words.view(torch.int16)[:x.numel()].view(x.shape)  # uniform on [-32768, 32767]
-        mask = (draws >= k - 32768).to(x.dtype).mul_(65536 / (65536 - k))
-        return x * mask

@@ -22,7 +22,7 @@ import tasks
 import train
 from artrm import Model
 from flags import model_config
-from machine import get_device, hardware, sync
+from machine import hardware, sync
 from records import UserError, describe, write_json
 from resume import run_config
 from train import eval_set
@@ -162,11 +162,11 @@ def main(argv=None):
     try:
         args = flags.parse_args([a for a in argv if a != "--profile"], train.SETTINGS,
                                 train.PRESETS, __doc__)
-        flags.validate(args)
+        _, device = flags.validate(args)
         threads = torch.get_num_threads()
         torch.set_num_threads(args.threads or threads)  # --threads, as a run of the grid would get
         try:
-            return bench(args, get_device(args.device), profile)
+            return bench(args, device, profile)
         finally:
             torch.set_num_threads(threads)
     except UserError as e:

@@ -23,19 +23,8 @@ import report
 import resume
 import train
 from artrm import Config, Model
-from machine import get_device
 from records import UserError, code_version, run_name, write_json
 from train import evaluate
-
-FLAGS = dict(  # beside train.py's flags, which set the lengths, examples and temperature
-    seeds=(1, "evaluate seeds seed .. seed+seeds-1"),
-    ckpt=("", "a checkpoint (or export.py model) to evaluate, instead of each run's own"),
-    eval_budgets=("", "comma list of test-time budgets to evaluate tied rungs at "
-                  "(think longer or shorter)"),
-    step_extend=("cycle", "step embeddings past the trained steps: cycle (the authors') or last"),
-    eval_only=(False, "(what train.py hands over here)"),
-)
-
 
 EXTEND = {  # --step_extend: what a tied rung run past its trained steps adds at each step
     "cycle": "past its trained steps a rung reuses\nits step embeddings in turn (s_1..s_N, s_1..)",
@@ -172,7 +161,7 @@ def plot_budgets(entries, out_dir, recorded):
             for x, a in zip(xs, accs):
                 ax.scatter([x] * len(a), a, s=10, color=st["color"], alpha=0.6, zorder=3)
             ax.axvline(group[0]["train_budget"], color="grey", linewidth=0.5)
-        ax.axhline(0.1, color="grey", linestyle=":", linewidth=1)
+        figures.chance_line(ax, [task])
         ax.set(title=f"{task}: thinking longer at test time (L={n})",
                xlabel="test budget (block passes per token allowed; grey line: trained at)",
                ylabel="char_acc (line: mean; dots: each seed)", xscale="log", ylim=(0, 1.02))
@@ -206,9 +195,10 @@ def restore_model(ckpt, path, device):
 def main(argv=None):
     """Evaluate saved checkpoints (--ckpt FILE, or each run's own) with their own config."""
     try:
-        args = flags.parse_args(argv, {**train.SETTINGS, **FLAGS}, train.PRESETS, __doc__)
+        args = flags.parse_args(argv, train.SETTINGS, train.PRESETS, __doc__,
+                                lab={"evaluate.py": flags.EVALUATE})
         args.eval_budgets = budgets_of(args.eval_budgets)
-        device = get_device(args.device)
+        device = flags.find_device(args.device)
         if args.threads:
             torch.set_num_threads(args.threads)
         runs = flags.plan(args)

@@ -9,9 +9,10 @@ import os
 import statistics
 import sys
 
-from artrm import RUNGS
+from artrm import LADDER
 from records import atomic_write
-from report import at_training_length, groups, mean_pos_acc, own_runs, tasks_of
+from report import at_training_length, chance, chance_said, groups, mean_pos_acc, own_runs
+from report import tasks_of
 
 
 def pyplot():
@@ -31,7 +32,7 @@ def styles(labels):
     ladder; rungs this code lacks take the ones after), its variants (extensions, settings)
     a dash and a marker of their own, so that series stay apart in greyscale too."""
     rung_of = lambda label: label.split()[0].split("+")[0]
-    rungs = list(RUNGS) + sorted({rung_of(label) for label in labels} - set(RUNGS))
+    rungs = list(LADDER) + sorted({rung_of(label) for label in labels} - set(LADDER))
     out, variants = {}, {}
     for label in labels:
         i = rungs.index(rung_of(label))
@@ -71,6 +72,14 @@ def flops_caveat(records):
     return () if counted else ("halting rungs' FLOPs as their positions ran (batches ran more)",)
 
 
+def chance_line(ax, tasks_here, label=False):
+    """A dotted line at each task's chance (a uniform guess's accuracy per character)."""
+    for c in sorted({chance(t) for t in tasks_here} - {None}):
+        ax.axhline(c, color="grey", linestyle=":", linewidth=1,
+                   label=f"chance ({chance_said([t for t in tasks_here if chance(t) == c])})"
+                   if label else None)
+
+
 def save(fig, path):
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     print(f"wrote {path}")
@@ -105,7 +114,7 @@ def plot(experiment, out_dir):
                 ylabel="char_acc at the training length")
         ax2.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
         for ax in (ax1, ax2):
-            ax.axhline(0.1, color="grey", linestyle=":", linewidth=1)
+            chance_line(ax, [task])
         ax2.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
         suptitle(fig, out_dir, records, *flops_caveat(records))
         fig.tight_layout()
@@ -136,7 +145,7 @@ def plot_flops(records, out_dir, plt):
                     markerfacecolor="none", markeredgewidth=1.5, zorder=4, **st)  # points nest
             ax.scatter(flops, acc, s=10, color=st["color"], marker=st["marker"], alpha=0.5,
                        zorder=3)
-        ax.axhline(0.1, color="grey", linestyle=":", linewidth=1)
+        chance_line(ax, [task])
         ax.margins(x=0.08)  # the largest marker stays inside the axes
         ax.set(title=f"{task}: accuracy against training compute", ylim=(0, 1.05),
                xlabel="training FLOPs spent (whole run)",
@@ -174,7 +183,7 @@ def plot_ladder(records, out_dir, plt):
             ax.scatter([x] * len(a), a, s=14, color="white", edgecolor="black", linewidths=0.4,
                        zorder=4)
     ax.scatter([], [], s=14, color="white", edgecolor="black", linewidths=0.4, label="each seed")
-    ax.axhline(0.1, color="grey", linestyle=":", linewidth=1, label="chance (0.10)")
+    chance_line(ax, tasks_here, label=True)
     long = max(len(part) for label in labels for part in label.split()) > 12  # tilted: not touching
     ax.set_xticks(range(len(labels)), [label.replace(" ", "\n") for label in labels], fontsize=8,
                   rotation=25 if long else 0, ha="right" if long else "center")

@@ -35,25 +35,12 @@ import report
 import resume
 import tasks
 import train
-from artrm import RUNGS, Model
-from machine import get_device
+from artrm import LADDER, Model
 from records import UserError, fmt_time, run_name, summary
 from stopping import handling
 
-FLAGS = dict(  # the comparison's own flags, beside every flag of train.py
-    seeds=(1, "run seeds seed .. seed+seeds-1"),
-    jobs=(1, "runs at a time, each its own process (on GPU k mod count; CPU threads shared)"),
-    shard=("", "K/N: run only the K-th of N disjoint slices of the run list (job arrays)"),
-    flops_match=("", "a model: each run trains for the FLOPs that model spends in max_iters "
-                 "(ceiling)"),
-    eval_budgets=("", "after each run trains: evaluate.py at these test-time budgets (comma list)"),
-    step_extend=("cycle", "with --eval_budgets: cycle or last (see evaluate.py)"),
-    plot=(False, "write the figures too (report.py; needs matplotlib)"),
-    report=(False, "run nothing: the tables of out_dir's records, or of the grid that --model, "
-            "--task, --seed or --seeds name, with the commands of the runs it lacks"),
-)
 HERE = os.path.dirname(os.path.abspath(__file__))
-OWN = {"--model", "--task", "--seed", "--resume", "--threads"} | {f"--{k}" for k in FLAGS}
+OWN = {"model", "task", "seed", "resume", "threads"} | set(flags.GRID)  # not passed to a run
 
 
 def shard(runs, k, n):
@@ -62,7 +49,8 @@ def shard(runs, k, n):
 
 
 def parse_args(argv=None):
-    args = flags.parse_args(argv, {**train.SETTINGS, **FLAGS}, train.PRESETS, __doc__)
+    args = flags.parse_args(argv, train.SETTINGS, train.PRESETS, __doc__,
+                            lab={"grid.py": flags.GRID})
     try:
         k_n = (int(v) for v in args.shard.split("/")) if args.shard else (0, 1)
         args.shard_k, args.shard_n = k_n
@@ -74,16 +62,18 @@ def parse_args(argv=None):
 
 
 def validate(args):
-    flags.validate(args)
+    """As flags.validate, and the grid's own flags: ({model name: Config}, device)."""
+    configs, device = flags.validate(args)
     for k in ("seeds", "jobs"):
         if getattr(args, k) <= 0:
             raise UserError(f"--{k} must be positive, got {getattr(args, k)}")
     if args.flops_match:
-        flags.model_config(args, flags.expand(args.flops_match, RUNGS, "model")[0])
+        flags.model_config(args, flags.expand(args.flops_match, LADDER, "model")[0])
     budgets = argparse.Namespace(**{**vars(args),
                                     "eval_budgets": evaluate.budgets_of(args.eval_budgets)})
-    for name in args.models:
-        evaluate.check_test_budgets(flags.model_config(args, name), budgets)
+    for config in configs.values():
+        evaluate.check_test_budgets(config, budgets)
+    return configs, device
 
 
 def matched_iters(args, task, name):
@@ -105,29 +95,22 @@ def one_run(args, run):
                                  "max_iters": matched_iters(args, task, name)})
 
 
-def strip_flags(argv, drop):
-    """argv without the flags in drop and their values (a value is what does not start with --)."""
-    out, skip = [], False
-    for a in argv:
-        if a.startswith("--"):
-            flag = a.split("=")[0]
-            skip = flag in drop or flag.replace("--no-", "--") in drop
-        if not skip:
-            out.append(a)
-    return out
+def passed_on(args, drop):
+    """The grid's flags as parsed, less those in drop."""
+    return flags.command_line({k: v for k, v in args.given.items() if k not in drop})
 
 
 def command(args, run, resume=False, threads=0):
     """The train.py command of one run: the grid's flags, less its own, with the run's."""
     this = one_run(args, run)
-    drop = OWN | ({"--max_iters"} if args.flops_match else set())
-    return (["python", "train.py"] + strip_flags(args.argv, drop)
+    drop = OWN | ({"max_iters"} if args.flops_match else set())
+    return (["python", "train.py"] + passed_on(args, drop)
             + ["--model", this.model, "--task", this.task, "--seed", str(this.seed)]
             + (["--max_iters", str(this.max_iters)] if args.flops_match else [])
             + (["--resume"] if resume else []) + (["--threads", str(threads)] if threads else []))
 
 
-def compare(args):
+def compare(args, configs, device):
     """Run this shard's runs that are not finished, N at a time, then print the tables."""
     runs = flags.plan(args)
     mine = shard(runs, args.shard_k, args.shard_n)
@@ -137,16 +120,16 @@ def compare(args):
         this = one_run(args, run)
         ckpt = os.path.join(args.out_dir, run_name(*run), "ckpt.pt")
         this.resume = args.resume and os.path.exists(ckpt)
-        state = resume.prior(this, train.DEFAULTS)
-        if state != "finished":
-            todo.append((run, state is not None))
+        prior = resume.prior(this, configs[run[1]], train.DEFAULTS)
+        if prior.action != "skip":
+            todo.append((run, prior.action == "resume"))
     jobs = min(args.jobs, len(todo)) or 1
     threads = args.threads or (max(1, torch.get_num_threads() // jobs) if jobs > 1 else 0)
     part = f" (shard {args.shard_k}/{args.shard_n} of {len(runs)})" if args.shard_n > 1 else ""
     print(f"{len(mine)} run(s){part}, {len(mine) - len(todo)} finished already; {jobs} at a time"
           + (f", {threads} thread(s) each" if threads else ""), flush=True)
     os.makedirs(args.out_dir, exist_ok=True)
-    t0, left = time.time(), execute(args, todo, jobs, threads)
+    t0, left = time.time(), execute(args, todo, jobs, threads, device)
     recorded = records.read_records(args.out_dir)
     shown, budgets = show(args, recorded, runs)
     if args.plot:
@@ -167,12 +150,12 @@ def compare(args):
     return 0
 
 
-def execute(args, todo, jobs, threads):
+def execute(args, todo, jobs, threads, device):
     """Run the commands of todo, `jobs` at a time; [(run, why)] for those that did not finish."""
     slots, running, stopping, left = queue.Queue(), {}, [], []
     for k in range(jobs):
         slots.put(k)
-    gpus = torch.cuda.device_count() if get_device(args.device) == "cuda" else 0
+    gpus = torch.cuda.device_count() if device == "cuda" else 0
 
     def on_signal(signum, frame):  # pass it on to every run: each saves its checkpoint and stops
         stopping.append(signal.Signals(signum).name)
@@ -188,7 +171,7 @@ def execute(args, todo, jobs, threads):
         print(f"[{i + 1}/{len(todo)}] start {run_name(*run)}"
               + (f" (log: {log})" if jobs > 1 else "") + f"\n  {shlex.join(cmd)}", flush=True)
         gpu = {"CUDA_VISIBLE_DEVICES": str(k % gpus)} if gpus > 1 else {}
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **gpu}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", flags.STARTED_BY: "grid.py", **gpu}
         quiet = subprocess.DEVNULL if jobs > 1 else None  # the run writes its own train.log
         try:  # a session of its own: a terminal's Ctrl-C reaches it once, from here
             argv = [sys.executable, os.path.join(HERE, "train.py"), *cmd[2:]]
@@ -199,7 +182,7 @@ def execute(args, todo, jobs, threads):
             code = p.wait()
             if code == 0 and args.eval_budgets and not stopping:
                 eval_cmd = ([sys.executable, os.path.join(HERE, "evaluate.py")]
-                            + strip_flags(args.argv, OWN - {"--eval_budgets", "--step_extend"})
+                            + passed_on(args, OWN - {"eval_budgets", "step_extend"})
                             + ["--model", run[1], "--task", run[0], "--seed", str(run[2])]
                             + (["--threads", str(threads)] if threads else []))
                 code = subprocess.call(eval_cmd, env=env, stdout=quiet, stderr=quiet)
@@ -260,7 +243,7 @@ def view(args):
     recorded = records.read_records(args.out_dir)
     if not recorded:
         raise UserError(f"no run records in {args.out_dir} (they are <out_dir>/<run>/record.json)")
-    asked = any(a.split("=")[0] in ("--model", "--task", "--seed", "--seeds") for a in args.argv)
+    asked = any(k in args.given for k in ("model", "task", "seed", "seeds"))
     runs = flags.plan(args) if asked else None
     shown, budgets = show(args, recorded, runs)
     missing = [r for r in runs or [] if recorded.get(run_name(*r), {}).get("status") != "ok"]
@@ -283,8 +266,7 @@ def main(argv=None):
         args = parse_args(argv)
         if args.report:
             return view(args)
-        validate(args)
-        return compare(args)
+        return compare(args, *validate(args))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

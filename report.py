@@ -16,7 +16,7 @@ import os
 import re
 import statistics
 
-from artrm import RUNGS
+from artrm import LADDER
 from records import atomic_write, write_json
 from tasks import TASKS
 
@@ -33,7 +33,8 @@ def name_of(record):
 def order_key(name):
     """Ladder order, each rung's extensions after it."""
     rung = name.split("+")[0]
-    return RUNGS.index(rung) if rung in RUNGS else len(RUNGS), name  # one this code lacks: last
+    rungs = list(LADDER)
+    return rungs.index(rung) if rung in rungs else len(rungs), name  # one this code lacks: last
 
 
 def natural(text):
@@ -45,6 +46,20 @@ def tasks_of(records):
     """The tasks of records (or of test-budget entries): the paper's order, then any others."""
     here = {r["task"] for r in records}
     return [t for t in TASKS if t in here] + sorted(here - set(TASKS))
+
+
+def chance(task):
+    """A uniform guess's accuracy per answer character: the task's own (None: a task this
+    code lacks)."""
+    return TASKS[task].chance if task in TASKS else None
+
+
+def chance_said(tasks_here):
+    """'0.10', or each task's where they differ."""
+    said = {t: "?" if chance(t) is None else f"{chance(t):.2f}" for t in tasks_here}
+    if len(set(said.values())) == 1:
+        return next(iter(said.values()))
+    return ", ".join(f"{c} on {t}" for t, c in said.items())
 
 
 def own_runs(record):
@@ -179,7 +194,7 @@ def describe_records(records):
     return (f"{len(records)} run(s). Settings shared by all: "
             + ", ".join(f"{k}={v}" for k, v in shared.items())
             + f".  \nRan on: {'; '.join(where)}. Code: {', '.join(code)}. Wall s is training time, "
-              f"evaluation excluded; chance is 0.10 per digit.")
+              f"evaluation excluded; chance is {chance_said(tasks_of(records))} per digit.")
 
 
 def print_tables(records):
@@ -202,7 +217,8 @@ def write_views(out_dir, records, sections):
     md = ["# Results", "", describe_records(ordered), ""]
     for task, header, rows, chart in tables(ordered):
         md += [f"## {task}", "", format_table(header, rows, markdown=True), "",
-               "Accuracy by output position (first digit left; ' '=0, █=1; chance is 0.10):", "",
+               "Accuracy by output position (first digit left; ' '=0, █=1; chance is "
+               f"{chance_said([task])}):", "",
                "```", chart, "```", ""]
     text = "\n".join(md + list(sections))
     atomic_write(os.path.join(out_dir, "results.md"), lambda f: f.write(text.encode()))

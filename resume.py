@@ -6,13 +6,14 @@ change what it trains is refused, never overwritten. Checkpoints are written who
 at all, as records are (records.py).
 """
 
+import math
 import os
-from dataclasses import asdict
+from collections import namedtuple
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
 from artrm import Model
-from flags import model_config
 from records import UserError, atomic_write, read_record, run_name
 
 # Settings a resumed run may change (how it is evaluated and logged, and how long it goes
@@ -26,6 +27,78 @@ CKPT_KEYS = {"model", "optimizer", "config", "settings", "iter", "data_rng", "to
 # What a trained model alone carries (export.py): enough to evaluate it and ask it, not to
 # resume it. sample.py and evaluate.py read either file.
 MODEL_KEYS = {"model", "config", "iter"}
+
+
+
+@dataclass
+class Tally:
+    """The compute one mode's forwards executed (a halting rung may stop before its budget)."""
+    forwards: int = 0
+    early_exits: int = 0         # forwards in which the whole batch halted before the last step
+    position_steps: float = 0.0  # summed over forwards: the mean steps a position ran
+    batch_steps: float = 0.0     # summed: the steps the batch ran (until its last position
+                                 # halted), the compute spent; nan where an older part was not
+
+    def per_forward(self, name):
+        return getattr(self, name) / max(self.forwards, 1)
+
+
+@dataclass
+class RunState:
+    """What a run carries from one part to the next: its checkpoint saves it, its record
+    reads it. parts: what each part ran on ({"code": [...], "threads": [...]})."""
+    settings: dict
+    parts: dict
+    iter: int = 0
+    history: list = field(default_factory=list)
+    wall_s: float = 0.0
+    resumed: list = field(default_factory=list)  # [{"iter", "changed"}] where settings changed
+    passes: dict = field(default_factory=lambda: {"train": Tally(), "eval": Tally()})
+
+    def watch(self, model):
+        """Count the compute of every forward of model from now on, into passes["train"] or
+        passes["eval"]. A batch runs until its last position halts, so the steps it ran are
+        the compute spent; the mean is what each position needed."""
+        def count(m, inputs, output):
+            tally = self.passes["train" if m.training else "eval"]
+            tally.forwards += 1
+            tally.early_exits += int(m.last_steps.max() < m.last_n_steps)  # a sync, as readouts
+            tally.position_steps += float(m.last_steps.mean())
+            tally.batch_steps += float(m.last_steps.max())
+        return model.register_forward_hook(count)
+
+    def parts_said(self):
+        """{"code": the first part's, "code_resumed": the later parts' where any differ}, and
+        the same for each key of parts: as a record says them."""
+        out = {}
+        for key, values in self.parts.items():
+            out[key] = values[0]
+            if len(set(values)) > 1:
+                out[f"{key}_resumed"] = values[1:]
+        return out
+
+    def saved(self):
+        state = {k: v for k, v in asdict(self).items() if k != "parts"}
+        return {**state, **self.parts}  # each part's list by its own name, as records name them
+
+    def resumed_from(self, ckpt, defaults):
+        """This part's state going on from the checkpoint's: the earlier parts first, and in
+        `resumed` the settings it changes."""
+        changed = setting_changes(ckpt["settings"], self.settings, defaults)
+        resumed = ckpt.get("resumed", [])
+        if changed:  # only RESUMABLE ones get here: say in the record what happened
+            resumed = resumed + [{"iter": ckpt["iter"], "changed": changed}]
+        return RunState(self.settings, {k: ckpt.get(k, []) + v for k, v in self.parts.items()},
+                        ckpt["iter"], ckpt["history"], ckpt["wall_s"], resumed,
+                        {mode: tally_of(t) for mode, t in ckpt["passes"].items()})
+
+
+def tally_of(saved):
+    """A Tally from a checkpoint: a dict, or the list of older code (its fields in order; the
+    oldest lacks batch_steps, which it did not count)."""
+    if isinstance(saved, dict):
+        return Tally(**saved)
+    return Tally(*saved, *[math.nan] * (len(fields(Tally)) - len(saved)))
 
 
 def run_dir(args):
@@ -58,9 +131,15 @@ def check_same_run(changes, where, resume):
                         f"with the new value(s), or use another --out_dir")
 
 
-def prior(args, defaults):
-    """'finished' (the run is skipped), the checkpoint it resumes from, or None (it starts
-    afresh): what args.out_dir holds of the run args asks for, checked before any work."""
+# What a run does with what out_dir holds of it: "fresh" (nothing, or a failed run: it starts
+# afresh), "skip" (finished with these settings) or "resume" (from ckpt). Anything else is
+# refused with a UserError. settings: those that define the run (run_config), as asked.
+Prior = namedtuple("Prior", "action settings ckpt", defaults=(None,))
+
+
+def prior(args, config, defaults):
+    """The Prior of the run args asks for (its model's Config: config), decided before any
+    work from what args.out_dir holds of it."""
     where = run_dir(args)
     path = os.path.join(where, "ckpt.pt")
     record = read_record(os.path.join(where, "record.json"))
@@ -68,20 +147,23 @@ def prior(args, defaults):
     finished = record is not None and record.get("status") == "ok"
     if finished:
         changes = setting_changes(record["config"], asked, defaults)
-        check_same_run(changes, where, args.resume)
         if not changes:
             print(f"{run_name(args.task, args.model, args.seed)} is finished in {where}; skipped")
-            return "finished"
+            return Prior("skip", asked)
+        check_same_run(changes, where, True)  # what --resume cannot change is refused first
+        if args.max_iters < record.get("iters", 0):  # a run goes on, never back
+            raise UserError(f"{where} has trained {record['iters']} iterations already, more "
+                            f"than --max_iters {args.max_iters}; use another --out_dir")
         if not os.path.exists(path):  # --resume with new RESUMABLE values continues it
             raise UserError(f"{where} is finished but has no checkpoint to continue from with "
                             f"new {', '.join(changes)}; use another --out_dir")
+        check_same_run(changes, where, args.resume)  # and it is said that --resume goes on
     if not finished and not args.resume:
         if os.path.exists(path) and record is None:  # interrupted: never start it over silently
             raise UserError(f"{where} holds the checkpoint of an unfinished run; add --resume "
                             f"to continue it, or move it away to start over")
-        return None  # a fresh run, or a failed one starting over
+        return Prior("fresh", asked)  # a fresh run, or a failed one starting over
     ckpt = load_checkpoint(path)
-    config = model_config(args, args.model)
     saved = {**ckpt["config"], **ckpt["settings"]}
     check_same_run(setting_changes(saved, {**asdict(config), **asked}, defaults), path, True)
     with torch.device("meta"):  # the shapes of this code's model, without building it
@@ -92,17 +174,17 @@ def prior(args, defaults):
     if args.max_iters < ckpt["iter"]:
         raise UserError(f"{path} has trained {ckpt['iter']} iterations already, more than "
                         f"--max_iters {args.max_iters}")
-    return ckpt
+    return Prior("resume", asked, ckpt)
 
 
-def save_checkpoint(path, model, optimizer, data_gen, device, **state):
+def save_checkpoint(path, model, optimizer, data_gen, device, state, **run):
     """Everything an exact resume needs: the weights, the optimizer, every random stream,
-    and the run's state (state: iter, history, wall_s, passes, settings, ...)."""
+    the run's state (a RunState) and what it trains on (run: task, seed, n_digits)."""
     cuda = {"cuda_rng": torch.cuda.get_rng_state()} if device == "cuda" else {}
-    atomic_write(path, lambda f: torch.save({
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "config": asdict(model.config), "data_rng": data_gen.get_state(),
-        "torch_rng": torch.get_rng_state(), **cuda, **state}, f))
+    ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "config": asdict(model.config), "data_rng": data_gen.get_state(),
+            "torch_rng": torch.get_rng_state(), **cuda, **state.saved(), **run}
+    atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
 def restore(ckpt, model, optimizer, data_gen, device):

@@ -6,7 +6,8 @@ Ask a trained rung your own question, and watch it think step by step.
     python sample.py --ckpt out/reverse_ut_s1337/ckpt.pt --prompt "3907|" --steps [--plot steps.png]
 
 The checkpoint's own config and task decide the model and the format of a prompt
-(copy and reverse: digits then '|'; addition: a+b= with L digits each). --steps shows
+(copy and reverse: digits then '|'; addition: a+b= with L digits each), and every answer
+is marked right or wrong beside the right one. --steps shows
 the answer as read out after every step of the rung (the same ln_f and lm_head applied to
 that step's answer stream, with the model's own final answer fed in, so that the steps
 can be compared), '^' under what changed since the step before; for the ACT rungs where
@@ -25,7 +26,6 @@ import flags
 import resume
 import tasks
 import train
-from machine import get_device
 from records import UserError
 
 
@@ -48,24 +48,26 @@ def parse_args(argv=None):
 
 
 def encode_prompt(text, task, block_size):
-    """The prompt's tokens and its operand length L, or one line saying what is wrong with it."""
+    """The prompt's tokens, its operand length L and the right answer (its text, as the model
+    should write it), or one line saying what is wrong with the prompt."""
+    t = tasks.TASKS[task]
     bad = sorted(set(text) - set(tasks.VOCAB))
     if bad:
         raise UserError(f"prompt {text!r} has characters outside the vocabulary "
                         f"{tasks.VOCAB!r}: {''.join(bad)!r}")
-    digits = text[:-1].split("+") if task == "addition" else [text[:-1]]
-    end = "=" if task == "addition" else "|"
-    operands = 2 if task == "addition" else 1
-    L = len(digits[0])
-    if (not text.endswith(end) or L == 0
-            or any(len(d) != L or not d.isdigit() for d in digits) or len(digits) != operands):
-        shape = ("a+b= with a and b of the same number of digits" if task == "addition"
-                 else "digits then |")
+    body = text[:len(text) - len(t.sep)]
+    operands = body.split(t.join) if t.join else [body]
+    L = len(operands[0])
+    shaped = text.endswith(t.sep) and len(operands) == t.operands and L > 0
+    if not shaped or any(len(d) != L or not d.isdigit() for d in operands):
         example = train.eval_set(task, 4, 1, "cpu")[0, :tasks.prompt_len(task, 4)]
-        raise UserError(f"prompt {text!r} is not a {task} question ({shape}, e.g. "
-                        f"{tasks.decode(example)})")
+        joined = f" joined by {t.join}" if t.join else ""
+        raise UserError(f"prompt {text!r} is not a {task} question ({t.operands} number(s) of "
+                        f"the same length{joined}, then {t.sep}; e.g. {tasks.decode(example)})")
     flags.check_fits(task, [L], block_size, "the checkpoint's block_size")
-    return torch.tensor([tasks.encode(text)]), L
+    digits = [torch.tensor([[int(c) for c in d]]) for d in operands]  # each (1, L)
+    right = tasks.decode(t.answer(*digits)[0]) + "⏎"  # the answer and its closing newline
+    return torch.tensor([tasks.encode(text)]), L, right
 
 
 class Recorder:
@@ -135,15 +137,19 @@ def main(argv=None):
         ckpt = resume.load_checkpoint(args.ckpt, resume.MODEL_KEYS)
         if "task" not in ckpt:
             raise UserError(f"{args.ckpt} does not say which task it was trained on")
-        device = get_device(args.device)
+        device = flags.find_device(args.device)
         model = evaluate.restore_model(ckpt, args.ckpt, device).eval()
         task = ckpt["task"]
         g = torch.Generator(device=device).manual_seed(args.seed)
-        if args.prompt:
-            questions = [(*encode_prompt(p, task, model.config.block_size), None)
-                         for p in args.prompt]
-        else:  # a few of the held-out examples the run was evaluated on, drawn by --seed
-            L = ckpt.get("n_digits", 6)
+        trained = ckpt.get("n_digits")
+        questions = [encode_prompt(p, task, model.config.block_size) for p in args.prompt]
+        for text, (_, L, _) in zip(args.prompt, questions):
+            if trained is not None and L != trained:  # a warning, not an error: it may be asked
+                print(f"warning: {text!r} has {L}-digit numbers; the model was trained on "
+                      f"{trained} (off that length its answers are rarely right)",
+                      file=sys.stderr)
+        if not args.prompt:  # a few of the held-out examples it was evaluated on, drawn by --seed
+            L = trained or 6
             ex = train.eval_set(task, L, 100, "cpu")
             draw = torch.Generator().manual_seed(args.seed)
             pick = torch.randperm(len(ex), generator=draw)[:args.examples]
@@ -158,8 +164,7 @@ def main(argv=None):
             answer = out[:, prompt.size(1):]
             said = tasks.decode(answer[0]).replace("\n", "⏎")
             mark = "✓" if said == right else "✗"
-            check = f"   right: {right} {mark}" if right else ""
-            print(f"{tasks.decode(prompt[0])}{said}{check}")
+            print(f"{tasks.decode(prompt[0])}{said}   right: {right} {mark}")
             if args.steps:
                 rows, _, _ = show_steps(model, prompt, answer)
                 if args.plot:

@@ -32,11 +32,14 @@ def handling(handler):
 
 
 class StopOnSignal:
-    """stop = StopOnSignal(); with handling(stop.on_signal): the loop asks `stop.asked`
-    between iterations. After `stop.now_at_once()` (nothing is left to save) any signal
-    stops at once."""
+    """with StopOnSignal(resume_with, where) as stop: the loop asks `stop.asked` between
+    iterations, then stop.after_loop(checkpoint, it) saves and, if a signal stopped the loop,
+    raises Interrupted; after it any signal stops at once, nothing being left to save. A
+    second signal (KeyboardInterrupt) leaves the block as Interrupted, the last checkpoint
+    as it was. resume_with: the command that goes on; where: the checkpoint's path."""
 
-    def __init__(self):
+    def __init__(self, resume_with, where):
+        self.resume_with, self.where, self.it = resume_with, where, 0
         self.asked, self.at, self.at_once = None, 0.0, False  # the signal's name, when
 
     def on_signal(self, signum, frame):
@@ -47,13 +50,30 @@ class StopOnSignal:
         if not self.asked:
             self.asked, self.at = signal.Signals(signum).name, time.time()
 
-    def now_at_once(self):
+    def __enter__(self):
+        self.handlers = handling(self.on_signal)
+        self.handlers.__enter__()
+        return self
+
+    def after_loop(self, checkpoint, it):
+        self.it = it
+        checkpoint()  # at the end, or where a first signal stopped the loop
+        if self.asked:
+            raise Interrupted(f"interrupted ({self.asked}) at iter {it}; its checkpoint is in "
+                              f"{self.where}. Resume with: {self.resume_with}")
         self.at_once = True
 
+    def __exit__(self, kind, value, tb):
+        self.handlers.__exit__(kind, value, tb)
+        if kind is KeyboardInterrupt:
+            at = "in the final evaluation" if self.at_once else "twice"
+            raise Interrupted(f"interrupted {at}; the last checkpoint saved is in {self.where}. "
+                              f"Resume with: {self.resume_with}") from None
 
-def hand_over(path, argv):
+
+def hand_over(path, argv, env):
     """Run the file at path with these flags, and pass a signal on to it (Ctrl-C, kill, a
     scheduler's SIGTERM): in a session of its own, a terminal's Ctrl-C reaches it from here only."""
-    p = subprocess.Popen([sys.executable, path, *argv], start_new_session=True)
+    p = subprocess.Popen([sys.executable, path, *argv], env=env, start_new_session=True)
     with handling(lambda signum, frame: p.send_signal(signum)):
         return p.wait()

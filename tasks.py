@@ -8,16 +8,41 @@ The paper's three character-level tasks, generated as tensors on the target devi
 Operands are exactly L uniform random digits (leading zeros allowed). A batch is as
 long as its examples (every example of a task at one L has the same length), never
 padded to block_size. The loss covers the answer and the one closing newline.
+A task is one row of TASKS: everything else (the run, the report, sample.py) reads it
+from there.
 """
+
+from collections import namedtuple
 
 import torch
 
-from artrm import IGNORE_INDEX
-
 VOCAB = "0123456789|+=\n"
 STOI = {ch: i for i, ch in enumerate(VOCAB)}
-TASKS = ("copy", "reverse", "addition")
-SEP, PLUS, EQ, EOS = (STOI[ch] for ch in "|+=\n")
+EOS = STOI["\n"]
+IGNORE_INDEX = -1  # targets at prompt positions: the model's loss skips them
+
+
+def add_digits(a, b):
+    """Digit-wise addition with carry, MSB first: (B, L) + (B, L) -> (B, L+1).
+    Works for any L (no int64 overflow at L = 50)."""
+    s = torch.zeros(a.size(0), a.size(1) + 1, dtype=torch.long, device=a.device)
+    carry = torch.zeros(a.size(0), dtype=torch.long, device=a.device)
+    for i in range(a.size(1) - 1, -1, -1):
+        total = a[:, i] + b[:, i] + carry
+        s[:, i + 1], carry = total % 10, total // 10
+    s[:, 0] = carry
+    return s
+
+
+# operands: numbers of L digits in the prompt, joined by `join` and closed by `sep`;
+# answer: their digits, each (B, L), -> the answer's digits (B, A), A depending on L only;
+# chance: a uniform guess's accuracy per answer character (the report's and figures' line)
+Task = namedtuple("Task", "operands join sep answer chance")
+TASKS = {
+    "copy":     Task(1, "",  "|", lambda a: a,         0.1),
+    "reverse":  Task(1, "",  "|", lambda a: a.flip(1), 0.1),
+    "addition": Task(2, "+", "=", add_digits,          0.1),
+}
 
 
 def encode(text):
@@ -29,11 +54,13 @@ def decode(ids):
 
 
 def prompt_len(task, n_digits):
-    return 2 * n_digits + 2 if task == "addition" else n_digits + 1
+    t = TASKS[task]
+    return t.operands * n_digits + (t.operands - 1) * len(t.join) + len(t.sep)
 
 
 def answer_len(task, n_digits):
-    return n_digits + 1 if task == "addition" else n_digits
+    t = TASKS[task]
+    return t.answer(*[torch.zeros(1, n_digits, dtype=torch.long)] * t.operands).size(1)
 
 
 def seq_len(task, n_digits):
@@ -47,29 +74,15 @@ def make_examples(task, n_digits, batch_size, generator=None, device="cpu"):
         raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
     if n_digits <= 0:
         raise ValueError(f"n_digits must be positive, got {n_digits}")
-    B, L = batch_size, n_digits
-    col = lambda tok: torch.full((B, 1), tok, dtype=torch.long, device=device)
-    a = torch.randint(0, 10, (B, L), generator=generator, device=device)  # (B, L) digits, MSB first
-    if task == "copy":
-        parts = (a, col(SEP), a)
-    elif task == "reverse":
-        parts = (a, col(SEP), a.flip(1))
-    else:
-        b = torch.randint(0, 10, (B, L), generator=generator, device=device)  # (B, L)
-        parts = (a, col(PLUS), b, col(EQ), add_digits(a, b))
-    return torch.cat(parts + (col(EOS),), dim=1)  # (B, seq_len + 1)
-
-
-def add_digits(a, b):
-    """Digit-wise addition with carry, MSB first: (B, L) + (B, L) -> (B, L+1).
-    Works for any L (no int64 overflow at L = 50)."""
-    s = torch.zeros(a.size(0), a.size(1) + 1, dtype=torch.long, device=a.device)
-    carry = torch.zeros(a.size(0), dtype=torch.long, device=a.device)
-    for i in range(a.size(1) - 1, -1, -1):
-        total = a[:, i] + b[:, i] + carry
-        s[:, i + 1], carry = total % 10, total // 10
-    s[:, 0] = carry
-    return s
+    t, B, L = TASKS[task], batch_size, n_digits
+    text = lambda s: torch.tensor(encode(s), device=device).expand(B, len(s))  # (B, len(s))
+    ops = [torch.randint(0, 10, (B, L), generator=generator, device=device)  # (B, L) digits
+           for _ in range(t.operands)]
+    parts = [ops[0]]
+    for op in ops[1:]:
+        parts += [text(t.join), op]
+    parts += [text(t.sep), t.answer(*ops), text("\n")]
+    return torch.cat(parts, dim=1)  # (B, seq_len + 1)
 
 
 def get_batch(task, n_digits, batch_size, generator=None, device="cpu"):

@@ -10,13 +10,18 @@ import torch
 import torch.nn.functional as F
 
 import artrm
+import machine
 import tasks
 import train
 from artrm import Block, Config, Model
+from resume import RunState, Tally
 
-# The paper's seven rungs, named: a fork that adds a row to artrm.LADDER keeps these tests.
+# Per-rung and per-task tests iterate artrm.LADDER and tasks.TASKS, so that a fork's new row
+# or task is tested the moment it exists; PAPER_RUNGS names the seven where a test checks
+# the paper's own numbers.
 PAPER_RUNGS = ("dense", "iter", "iter_step", "ut", "dual_ut", "nested_ut", "ar_trm")
 
+NESTED = [r for r, row in artrm.LADDER.items() if row.nested]  # where the extensions apply
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -53,7 +58,7 @@ class PassLog:
 def test_dropout_drops_p_in_every_lane_and_keeps_the_mean():
     torch.manual_seed(0)
     x = torch.ones(1000, 1000)
-    y = artrm.Dropout(0.1).train()(x)
+    y = machine.Dropout(0.1).train()(x)
     dropped = (y == 0).float().view(-1, 4).mean(0)  # one rate per 16-bit lane of each 64-bit draw
     assert torch.allclose(dropped, torch.full((4,), 0.1), atol=0.003), dropped
     assert y.mean().item() == pytest.approx(1.0, abs=0.003)  # kept values scaled by 1 / keep rate
@@ -63,12 +68,12 @@ def test_dropout_drops_p_in_every_lane_and_keeps_the_mean():
 def test_dropout_is_the_identity_and_draws_nothing_when_off():
     x = torch.randn(8, 5)
     state = torch.get_rng_state()
-    assert artrm.Dropout(0.1).eval()(x) is x and artrm.Dropout(0.0).train()(x) is x
+    assert machine.Dropout(0.1).eval()(x) is x and machine.Dropout(0.0).train()(x) is x
     # the laptop preset (p=0) consumes no randomness
     assert torch.equal(torch.get_rng_state(), state)
 
 
-@pytest.mark.parametrize("rung", PAPER_RUNGS)
+@pytest.mark.parametrize("rung", artrm.LADDER)
 def test_every_rung_is_causal(rung):
     torch.manual_seed(0)
     model = Model(tiny(rung)).eval()
@@ -84,16 +89,13 @@ def test_every_rung_is_causal(rung):
             f"{rung}: token {t + 1} had no effect at all"
 
 
-@pytest.mark.parametrize("rung", PAPER_RUNGS[1:])
+@pytest.mark.parametrize("rung", [r for r, row in artrm.LADDER.items() if row.tied])
 def test_shared_block_rungs_have_one_block_whatever_the_budget(rung):
     small, big = Model(tiny(rung, budget=6)), Model(tiny(rung, budget=24))
     assert len(small.blocks) == len(big.blocks) == 1
     block = sum(p.numel() for p in small.blocks[0].parameters())
-    extra = 18 * 32 if rung not in ("iter", "dense") else 0  # only the step embeddings grow
-    if rung == "dual_ut":
-        extra = 9 * 32
-    elif rung in ("nested_ut", "ar_trm"):
-        extra = 3 * 32
+    more_steps = big.config.n_steps - small.config.n_steps
+    extra = more_steps * 32 if artrm.LADDER[rung].step_emb else 0  # only the step embeddings grow
     assert big.compute_stats()["params"] - small.compute_stats()["params"] == extra
     assert sum(p.numel() for p in big.blocks.parameters()) == block
 
@@ -116,7 +118,7 @@ def test_parameter_counts_are_the_authors_at_the_paper_setting(rung):
     assert model.blocks[0].attn.c_attn.bias is None and model.lm_head.bias is not None
 
 
-@pytest.mark.parametrize("rung", PAPER_RUNGS)
+@pytest.mark.parametrize("rung", artrm.LADDER)
 @pytest.mark.parametrize("budget", [6, 12])
 def test_block_passes_counted_by_hooks_match_compute_stats(rung, budget):
     model = never_halt(Model(tiny(rung, budget=budget)))
@@ -320,38 +322,43 @@ def test_halt_exploration_holds_each_sequence_to_its_drawn_minimum():
 
 def test_the_pass_count_reports_executed_passes_and_early_exits():
     model = Model(tiny("ut", budget=12)).eval()
-    passes = {"train": train.new_tally(), "eval": train.new_tally()}
-    train.count_passes(model, passes)
+    state = RunState({}, {})
+    state.watch(model)
+    passes = state.passes
     idx = torch.randint(0, 14, (2, 10))
     with torch.no_grad():
         model.halt.weight.zero_()
         model.halt.bias.fill_(30.0)  # halts at once
     model(idx)
-    assert passes["eval"] == [1, 1, 1.0, 1.0]  # one forward, exited early, one step per position
+    assert passes["eval"] == Tally(1, 1, 1.0, 1.0)  # one forward, exited early, one step each
     never_halt(model)
     model(idx)
-    assert passes["eval"] == [2, 1, 13.0, 13.0]  # the second ran all 12 steps
+    assert passes["eval"] == Tally(2, 1, 13.0, 13.0)  # the second ran all 12 steps
     model.train()
     model(idx)  # training forwards are counted apart
-    assert passes["train"] == [1, 0, 12.0, 12.0] and passes["eval"][0] == 2
+    assert passes["train"] == Tally(1, 0, 12.0, 12.0)
+    assert passes["eval"].forwards == 2
 
 
 def test_the_pass_count_tells_the_steps_a_batch_ran_from_those_a_position_needed():
     # N = 4 steps; the head wants to stop at once, but exploration holds sequences longer
     model = fire_at_once(Model(tiny("ar_trm", budget=24, halt_explore=1.0))).train()
-    passes = {"train": train.new_tally(), "eval": train.new_tally()}
-    train.count_passes(model, passes)
+    state = RunState({}, {})
+    state.watch(model)
+    passes = state.passes
     torch.manual_seed(0)
     model(torch.randint(0, 14, (64, 6)))
-    forwards, early, mean_steps, ran = passes["train"]
-    assert ran == 4.0 and early == 0  # some sequence drew the full 4 steps: the batch ran 4
-    assert mean_steps == float(model.last_steps.mean()) and 2.0 < mean_steps < 3.0  # (1+4)/2
+    tally = passes["train"]
+    assert tally.batch_steps == 4.0  # some sequence drew the full 4 steps: the batch ran 4
+    assert tally.early_exits == 0
+    assert tally.position_steps == float(model.last_steps.mean())
+    assert 2.0 < tally.position_steps < 3.0  # (1+4)/2
 
 # -----------------------------------------------------------------------------
 # Extensions for the open question (default off: the paper's behaviour)
 
 
-@pytest.mark.parametrize("rung", ["nested_ut", "ar_trm"])
+@pytest.mark.parametrize("rung", NESTED)
 def test_full_grad_backprops_through_every_pass(rung):
     model = never_halt(Model(tiny(rung, budget=12, full_grad=True)))
     log = PassLog(model)
@@ -368,7 +375,7 @@ def test_full_grad_backprops_through_every_pass(rung):
     assert stats["train_flops_per_token"] > paper["train_flops_per_token"]
 
 
-@pytest.mark.parametrize("rung", ["nested_ut", "ar_trm"])
+@pytest.mark.parametrize("rung", NESTED)
 def test_deep_supervision_averages_one_loss_per_step(rung, monkeypatch):
     calls = []
     real = artrm.cross_entropy
@@ -450,12 +457,12 @@ def test_addition_carries_across_every_digit():
     assert tasks.add_digits(a, b).tolist() == [[1, 0, 0, 0, 0], [1, 0, 3, 2, 3]]
 
 
-@pytest.mark.parametrize("task", ["copy", "reverse", "addition"])
+@pytest.mark.parametrize("task", tasks.TASKS)
 def test_targets_mask_exactly_the_prompt(task):
     L = 5
     idx, targets = tasks.get_batch(task, L, 4, torch.Generator().manual_seed(0))
     assert idx.shape == targets.shape == (4, tasks.seq_len(task, L))  # as long as the task needs
-    keep = targets != artrm.IGNORE_INDEX
+    keep = targets != tasks.IGNORE_INDEX
     n_answer = tasks.answer_len(task, L) + 1  # answer digits and the closing newline
     assert (keep.sum(1) == n_answer).all() and keep[:, -n_answer:].all()
     assert (targets[:, -1] == tasks.EOS).all()

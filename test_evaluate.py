@@ -1,13 +1,16 @@
 """Tests of evaluate.py: a saved checkpoint evaluated at new lengths (--eval_only), and thinking
 longer or shorter at test time (--eval_budgets, --step_extend)."""
 
+import argparse
 import json
 
 import pytest
 import torch
 
+import artrm
 import evaluate
 import grid
+import records
 import train
 from artrm import Model
 from test_artrm import never_halt, tiny
@@ -42,7 +45,7 @@ def test_a_tied_rung_past_its_trained_steps_cycles_its_step_embeddings():
         Model(tiny("dense", budget=3))(idx, n_steps=6)
 
 
-@pytest.mark.parametrize("rung", ["iter", "ut", "ar_trm"])
+@pytest.mark.parametrize("rung", [r for r, row in artrm.LADDER.items() if row.tied])
 def test_its_own_budget_gives_the_normal_evaluation_and_more_budget_runs_more_passes(rung):
     torch.manual_seed(0)
     model = never_halt(Model(tiny(rung, budget=6)))
@@ -71,3 +74,19 @@ def test_eval_budgets_are_recorded_beside_the_run_and_reported(tmp_path, capsys)
     e = json.loads((tmp_path / "copy_iter_s1337" / "test_budgets.json").read_text())
     assert e["extend"] == "last" and list(e["budgets"]) == ["24"]
     assert e["budgets"]["24"]["3"]["passes"] == 24
+
+
+@pytest.mark.parametrize("rung", [r for r, row in artrm.LADDER.items() if row.tied])
+def test_a_test_budget_is_block_passes_whatever_a_step_spends(rung, tmp_path):
+    """nested_ut and ar_trm spend 6 passes a step: a test budget of 12 is 2 of their steps."""
+    torch.manual_seed(0)
+    model = never_halt(Model(tiny(rung, budget=12))).eval()
+    k = model.config.passes_per_step
+    args = argparse.Namespace(eval_budgets=[12, 24], eval_lengths=[3], eval_examples=8,
+                              temperature=0.0, step_extend="cycle")
+    got = evaluate.evaluate_budgets(model, "copy", 1, args, "cpu", str(tmp_path / "ckpt.pt"), 0)
+    assert {b: got[b]["3"]["passes"] for b in got} == {"12": 12, "24": 24}, k
+    if k > 1:  # a budget that is no whole number of steps is refused, as in training
+        with pytest.raises(records.UserError, match="impossible"):
+            evaluate.check_test_budgets(model.config, argparse.Namespace(
+                eval_budgets=[k + 1], step_extend="cycle"))

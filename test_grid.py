@@ -69,12 +69,12 @@ def test_each_run_is_the_train_command_a_user_would_type(tmp_path):
     assert cmd[:2] == ["python", "train.py"] and "--jobs" not in cmd and "--seeds" not in cmd
     assert cmd[-9:] == ["--model", "ut", "--task", "copy", "--seed", "1338", "--resume",
                         "--threads", "1"]
-    assert "--max_iters=3" in cmd and "--no-decay_lr" in cmd
-    ran = parse(cmd[2:])  # what train.py makes of it: the grid's settings, this run
+    assert cmd[cmd.index("--max_iters") + 1] == "3" and "--no-decay_lr" in cmd  # as parsed
+    ran = parse(cmd[2:], flags.LAB)  # what train.py makes of it: the grid's settings, this run
     assert (ran.model, ran.seed, ran.max_iters, ran.decay_lr, ran.n_embd) == \
         ("ut", 1338, 3, False, 16)
     # one run: train.py trains it, hands nothing on
-    assert flags.lab_for(cmd[2:], train.SETTINGS, train.PRESETS) is None
+    assert flags.lab_for(ran) is None
 
 
 def test_a_grid_writes_one_record_per_run_and_a_table_row_per_model(tmp_path, capfd):
@@ -113,12 +113,22 @@ def test_the_grid_again_skips_finished_runs_and_resumes_the_rest(tmp_path, capfd
                        cwd=HERE, capture_output=True, text=True, timeout=HANG)
     # train.py handed the comparison to grid.py
     assert p.returncode == 0 and "== copy" in p.stdout, p.stderr
+    # two interrupted runs: a checkpoint at iteration 2 of 3, no record
+    for model in ("ut", "iter_step"):
+        assert train.main(TINY + ["--model", model, "--task", "copy", "--max_iters", "2",
+                                  "--out_dir", str(tmp_path)]) == 0
+        os.remove(tmp_path / f"copy_{model}_s1337" / "record.json")
     capfd.readouterr()
-    assert run_grid(tmp_path, "--model", "dense,iter,ut", "--task", "copy", "--max_iters", "3",
-                    "--resume") == 0
+    assert run_grid(tmp_path, "--model", "dense,iter,ut,iter_step", "--task", "copy",
+                    "--max_iters", "3", "--resume") == 0
     out = capfd.readouterr().out
     assert out.count("is finished in") == 2 and "copy_ut_s1337:" in out
-    assert [r["model"] for r in results(tmp_path)] == ["dense", "iter", "ut"]
+    for model in ("ut", "iter_step"):  # each resumed where it stopped, not skipped or restarted
+        log = (tmp_path / f"copy_{model}_s1337" / "train.log").read_text()
+        assert "from iter 2 with new max_iters" in log, model
+        assert records.read_record(str(tmp_path / f"copy_{model}_s1337" / "record.json"))[
+            "resumed"] == [{"iter": 2, "changed": {"max_iters": [2, 3]}}]
+    assert [r["model"] for r in results(tmp_path)] == ["dense", "iter", "iter_step", "ut"]
 
 
 def test_jobs_2_gives_the_records_of_jobs_1(tmp_path, capfd):
@@ -220,6 +230,24 @@ def wait_until(found, proc):
     return it
 
 
+def last_iter(log):
+    """The iteration of the last progress line in a run's train.log (0 before the first)."""
+    found = re.findall(r"^iter (\d+)/", log.read_text() if log.exists() else "", re.M)
+    return int(found[-1]) if found else 0
+
+
+def communicate_unless_a_run_goes_on(proc, logs, margin=50):
+    """proc's (out, err) once it ends. A run that goes on `margin` iterations after the signal
+    has ignored it: that fails at once, counted in iterations, not seconds (a busy machine
+    slows both alike), instead of waiting for a run of 100,000 iterations."""
+    at = {log: last_iter(log) for log in logs}
+    while proc.poll() is None:
+        for log in logs:
+            assert last_iter(log) < at[log] + margin, f"{log} went on after the signal"
+        time.sleep(0.05)
+    return proc.communicate()
+
+
 def children(pid):
     """The processes pid started that have not been reaped. Linux lists them under the thread
     that started them: the grid starts each run from a thread of its pool."""
@@ -271,7 +299,8 @@ def test_sigterm_stops_every_run_of_a_grid_with_its_checkpoint(tmp_path, to):
     pids = [proc.pid] + (descendants(proc.pid) if to == "every process of the job" else [])
     for pid in pids:
         os.kill(pid, signal.SIGTERM)
-    out, err = proc.communicate(timeout=HANG)
+    logs = [tmp_path / run / "train.log" for run in ("copy_iter_s1337", "copy_ut_s1337")]
+    out, err = communicate_unless_a_run_goes_on(proc, logs)
     assert proc.returncode == 130, err
     # each run saved its state where the signal found it
     for run in ("copy_iter_s1337", "copy_ut_s1337"):

@@ -112,12 +112,13 @@ def test_the_notes_of_the_steps_toward_the_paper_are_what_the_committed_records_
         if argv[0] != "train.py" or "--report" in argv:
             continue
         args = grid.parse_args(argv[1:])
-        grid.validate(args)
+        configs, _ = grid.validate(args)
         args.out_dir = os.path.join(HERE, args.out_dir)
         for run in flags.plan(args):
             path = os.path.relpath(os.path.join(args.out_dir, run_name(*run)), out_dir)
             if path in recs:
-                assert resume.prior(grid.one_run(args, run), train.DEFAULTS) == "finished", path
+                prior = resume.prior(grid.one_run(args, run), configs[run[1]], train.DEFAULTS)
+                assert prior.action == "skip", path
                 covered.add(path)
     assert covered == set(recs)
 
@@ -186,7 +187,7 @@ def test_every_relative_link_resolves_and_every_flag_named_exists(doc):
         if anchor:
             headings = [slug(h) for h in re.findall(r"^#+ (.*)$", open(file).read(), re.M)]
             assert anchor in headings, (doc, target)
-    known = ({f"--{k}" for k in {**train.SETTINGS, **grid.FLAGS, **evaluate.FLAGS}}
+    known = ({f"--{k}" for k in {**train.SETTINGS, **flags.GRID, **flags.EVALUATE}}
              | {"--preset", "--report", "--help", "--profile", "--out_dir", "--plot"})
     commands = re.findall(r"python (?:train|grid|evaluate|report|bench)\.py([^`\n]*)",
                           text.replace("\\\n", " "))

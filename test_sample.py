@@ -8,12 +8,13 @@ import shutil
 import pytest
 import torch
 
+import artrm
 import evaluate
 import export
 import sample
 import train
 from artrm import Model
-from test_artrm import PAPER_RUNGS, never_halt, tiny
+from test_artrm import never_halt, tiny
 from test_train import TINY
 
 
@@ -42,7 +43,7 @@ def test_sample_answers_a_copy_prompt_and_shows_every_step(solved_copy, capsys):
     assert capsys.readouterr().out.count("✓") == 2
 
 
-@pytest.mark.parametrize("rung", PAPER_RUNGS)
+@pytest.mark.parametrize("rung", artrm.LADDER)
 def test_the_steps_are_read_from_a_forward_that_they_leave_unchanged(rung):
     torch.manual_seed(0)
     model = never_halt(Model(tiny(rung, budget=12))).eval()

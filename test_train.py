@@ -16,7 +16,9 @@ import torch
 import artrm
 import flags
 import records
+import resume
 import stopping
+import tasks
 import train
 from artrm import Config
 
@@ -29,9 +31,9 @@ TINY = ["--n_embd", "16", "--n_head", "2", "--budget", "6", "--n_digits", "3",
 HANG = 1800  # seconds
 
 
-def parse(argv):
-    """What train.py makes of these flags."""
-    return flags.parse_args(argv, train.SETTINGS, train.PRESETS, train.__doc__)
+def parse(argv, lab=None):
+    """What train.py makes of these flags (with lab: its one parse, the lab's flags too)."""
+    return flags.parse_args(argv, train.SETTINGS, train.PRESETS, train.__doc__, lab=lab)
 
 
 def run(out_dir, *extra):
@@ -87,7 +89,8 @@ def test_help_lists_every_knob_with_its_default_once(capsys):
     out = " ".join(capsys.readouterr().out.split())
     for k in train.SETTINGS:
         assert f"--{k}" in out, k
-    assert out.count("(default:") == len(train.SETTINGS) + 1  # + --preset
+    lab = {k for f in flags.LAB.values() for k in f}  # the lab's flags, listed once each
+    assert out.count("(default:") == len(train.SETTINGS) + 1 + len(lab)  # + --preset
     assert "(default: ) (default" not in out
     assert "--n_head INT attention heads" in out and "python grid.py -h" in out
 
@@ -159,9 +162,9 @@ def test_killed_then_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path
 
 def test_signal_handlers_are_put_back_after_a_run_even_when_it_fails():
     before = [signal.getsignal(s) for s in stopping.SIGNALS]
-    stop = stopping.StopOnSignal()
+    stop = stopping.StopOnSignal("python train.py --resume", "ckpt.pt")
     with pytest.raises(ZeroDivisionError):
-        with stopping.handling(stop.on_signal):
+        with stop:
             os.kill(os.getpid(), signal.SIGTERM)  # taken between iterations: no exception here
             os.kill(os.getpid(), signal.SIGTERM)  # a copy of the first, not a second signal
             1 / 0
@@ -265,7 +268,8 @@ def test_a_checkpoint_from_before_the_batch_steps_were_counted_resumes_and_says_
     assert run(tmp_path, "--model", "ut", "--task", "copy", "--max_iters", "2") == 0
     ckpt_path = tmp_path / "copy_ut_s1337" / "ckpt.pt"
     ckpt = torch.load(ckpt_path, weights_only=True)
-    ckpt["passes"] = {k: v[:3] for k, v in ckpt["passes"].items()}  # as older code saved them
+    older = lambda t: [t["forwards"], t["early_exits"], t["position_steps"]]  # a list, no batch
+    ckpt["passes"] = {k: older(v) for k, v in ckpt["passes"].items()}  # as older code saved it
     torch.save(ckpt, ckpt_path)
     assert run(tmp_path, "--model", "ut", "--task", "copy", "--max_iters", "4", "--resume") == 0
     rec = record(tmp_path, "copy_ut_s1337")
@@ -354,15 +358,15 @@ BAD_INPUT = {  # what stderr must say: the flags (added to a tiny dense-on-copy 
     "more than --block_size 24": ["--task", "addition", "--eval_lengths", "3,8"],
     "--lr must be positive": ["--lr=-1"],
     "multiple of n_head (5)": ["--n_embd", "64", "--n_head", "5"],
-    "n_embd (0)": ["--n_embd", "0"],
+    "--n_embd must be positive": ["--n_embd", "0"],
     "dropout must be in [0, 1)": ["--dropout", "2"],
-    "n_outer and n_inner must be at least 1": ["--model", "nested_ut", "--n_outer", "0"],
-    "n_outer and n_inner must be at least 1 ": ["--model", "ar_trm", "--n_inner", "0"],
+    "--n_outer must be positive": ["--model", "nested_ut", "--n_outer", "0"],
+    "--n_inner must be positive": ["--model", "ar_trm", "--n_inner", "0"],
     "--temperature must be zero or positive": ["--temperature=-1"],
     "--warmup_iters must be zero or positive": ["--warmup_iters=-5"],
     "--weight_decay must be zero or positive": ["--weight_decay=-0.1"],
     "--grad_clip must be zero or positive": ["--grad_clip=-1"],
-    "ponder_weight must be >= 0": ["--ponder_weight=-1"],
+    "--ponder_weight must be zero or positive": ["--ponder_weight=-1"],
     "halt_explore must be in [0, 1]": ["--halt_explore", "1.5"],
     "invalid int value": ["--max_iters", "ten"],
     "a_file is a file, not a directory": ["--out_dir", "{lab}/a_file"],
@@ -421,7 +425,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(lab, want, capfd):
     argv = TINY + ["--max_iters", "2", "--model", "dense", "--task", "copy",
                    "--out_dir", out_dir] + bad
     try:
-        entry = flags.lab_for(argv, train.SETTINGS, train.PRESETS)
+        entry = flags.lab_for(parse(argv, flags.LAB))
     except records.UserError:
         entry = None  # train.main says so
     # the lab's checks run here, in this process (train.py hands over to a process of its own:
@@ -435,3 +439,228 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(lab, want, capfd):
     assert {p: snapshot(p) for p in before} == before  # nothing trained, nothing written
     if out_dir not in (str(lab / "good"), str(lab / "torn")):  # where it has runs already
         assert not os.path.exists(os.path.join(out_dir, "copy_dense_s1337"))
+
+# -----------------------------------------------------------------------------
+# The schedule, the metrics and the policies: each test fails on a one-line bug of its kind.
+
+def test_the_learning_rate_warms_up_from_lr_over_warmup_then_decays_to_a_tenth():
+    args = parse(["--lr", "0.001", "--warmup_iters", "10", "--max_iters", "110"])
+    lrs = [train.get_lr(it, args) for it in range(110)]
+    assert lrs[0] == pytest.approx(0.001 / 10)  # the first step already moves: lr/warmup, not 0
+    assert lrs[9] == pytest.approx(0.001)  # the peak at the end of warm-up
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))  # linear, rising
+    assert lrs[60] == pytest.approx((0.001 + 0.0001) / 2)  # cosine: halfway down at half time
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert train.get_lr(110, args) == pytest.approx(0.0001)  # the floor is lr/10
+    assert min(lrs) >= 0.0001 - 1e-12
+    flat = parse(["--lr", "0.001", "--warmup_iters", "0", "--no-decay_lr"])
+    assert {train.get_lr(it, flat) for it in (0, 500, 1499)} == {0.001}  # the paper's
+
+
+class Answers(torch.nn.Module):
+    """A stand-in model whose answer is the right one with some answer digits changed."""
+
+    def __init__(self, wrong):
+        super().__init__()
+        self.config, self.wrong = Config(model="iter", budget=6), wrong
+        self.last_steps = torch.ones(1, 1)
+
+    def forward(self, idx):  # evaluate counts the steps of each forward
+        return None
+
+    def generate(self, prompt, n, **kw):
+        self(prompt)
+        ex = train.eval_set("copy", prompt.size(1) - 1, prompt.size(0), "cpu")
+        ex[self.wrong] = (ex[self.wrong] + 1) % 10  # rows and answer positions changed
+        return ex[:, :prompt.size(1) + n]
+
+
+def test_seq_acc_counts_a_sequence_right_only_when_every_digit_is():
+    P = tasks.prompt_len("copy", 4)
+    one_digit_wrong = (slice(None), P + 2)  # every example, its third answer digit
+    r = train.evaluate(Answers(one_digit_wrong), "copy", [4], 10, "cpu")["4"]
+    assert r["seq_acc"] == 0.0 and r["char_acc"] == pytest.approx(3 / 4)
+    assert r["pos_acc"] == [1.0, 1.0, 0.0, 1.0]
+    half_wrong = (slice(0, 5), slice(P, P + 4))  # five examples wholly wrong, five right
+    r = train.evaluate(Answers(half_wrong), "copy", [4], 10, "cpu")["4"]
+    assert r["seq_acc"] == 0.5 and r["char_acc"] == 0.5
+
+
+@pytest.mark.parametrize("task", tasks.TASKS)
+def test_held_out_examples_are_fixed_per_length_and_apart_from_training(task):
+    six, seven = train.eval_set(task, 6, 50, "cpu"), train.eval_set(task, 7, 50, "cpu")
+    assert torch.equal(six, train.eval_set(task, 6, 50, "cpu"))  # the same at every evaluation
+    assert not torch.equal(six[:, :6], seven[:, :6])  # a stream of its own per length
+    train_batch = tasks.make_examples(task, 6, 50, torch.Generator().manual_seed(1337))
+    assert not torch.equal(six, train_batch)  # never the training stream
+
+
+def test_a_resume_may_change_how_a_run_is_evaluated_and_how_long_it_goes_on_only():
+    assert set(resume.RESUMABLE) == {"max_iters", "eval_lengths", "eval_examples",
+                                     "eval_interval", "log_interval", "temperature"}
+    # the rest define what the run trains: every one of them refused (a few tried end to end
+    # in test_bad_input_is_one_line_exit_2_and_touches_nothing)
+    defining = set(train.DEFAULTS) - set(resume.RESUMABLE) - set(resume.NOT_THE_RUN)
+    assert {"n_digits", "lr", "budget", "seed"} - set(resume.NOT_THE_RUN) <= defining
+    for k in sorted(defining):
+        with pytest.raises(records.UserError, match=f"trained with other settings \\({k} "):
+            resume.check_same_run({k: [1, 2]}, "here", True)
+
+
+def test_a_changed_n_digits_is_refused_on_resume(tmp_path, capsys):
+    assert run(tmp_path, "--model", "iter", "--task", "copy", "--max_iters", "2") == 0
+    assert run(tmp_path, "--model", "iter", "--task", "copy", "--max_iters", "4", "--resume",
+               "--n_digits", "2", "--eval_lengths", "2") == 2
+    assert "n_digits 3 there, 2 asked" in capsys.readouterr().err
+
+
+def test_a_failed_run_is_run_again_not_skipped(tmp_path, capsys):
+    one = ["--model", "iter", "--task", "copy", "--max_iters", "2"]
+    assert run(tmp_path, *one) == 0
+    path = tmp_path / "copy_iter_s1337" / "record.json"
+    failed = {**json.loads(path.read_text()), "status": "failed", "error": "as if it diverged"}
+    path.write_text(json.dumps(failed))
+    os.remove(tmp_path / "copy_iter_s1337" / "ckpt.pt")
+    capsys.readouterr()
+    assert run(tmp_path, *one) == 0
+    assert "is finished" not in capsys.readouterr().out
+    assert record(tmp_path, "copy_iter_s1337")["status"] == "ok"
+
+
+def test_a_changed_max_iters_goes_on_with_resume_and_says_how(tmp_path, capsys):
+    one = ["--model", "iter", "--task", "copy", "--max_iters", "2"]
+    assert run(tmp_path, *one) == 0
+    more = ["--model", "iter", "--task", "copy", "--max_iters", "4"]
+    assert run(tmp_path, *more) == 2
+    said = capsys.readouterr().err
+    assert "add --resume" in said
+    assert run(tmp_path, *more, "--resume") == 0  # what the line said works
+    assert record(tmp_path, "copy_iter_s1337")["iters"] == 4
+    fewer = ["--model", "iter", "--task", "copy", "--max_iters", "3"]  # never back: no --resume
+    assert run(tmp_path, *fewer) == 2
+    said = capsys.readouterr().err
+    assert "trained 4 iterations already" in said and "add --resume" not in said
+    os.remove(tmp_path / "copy_iter_s1337" / "ckpt.pt")  # as a committed run: records only
+    assert run(tmp_path, "--model", "iter", "--task", "copy", "--max_iters", "6") == 2
+    said = capsys.readouterr().err
+    assert "no checkpoint to continue from" in said and "add --resume" not in said
+
+
+def git(repo, *args):
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+
+
+def test_the_code_version_is_the_commit_and_says_dirty_for_changed_python(tmp_path,
+                                                                          monkeypatch):
+    git(tmp_path, "init", "-q")
+    (tmp_path / "artrm.py").write_text("x = 1\n")
+    (tmp_path / "notes.md").write_text("a\n")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-q", "-m", "one")
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    monkeypatch.setattr(records, "HERE", str(tmp_path))
+    assert records.code_version() == head
+    (tmp_path / "notes.md").write_text("b\n")  # not code: still clean
+    (tmp_path / "new.py").write_text("")  # untracked: not this commit's code either way
+    assert records.code_version() == head
+    (tmp_path / "artrm.py").write_text("x = 2\n")
+    assert records.code_version() == head + "+dirty"
+    monkeypatch.setattr(records, "HERE", str(tmp_path / "nowhere"))
+    assert records.code_version() == "unknown"
+
+# -----------------------------------------------------------------------------
+# No typo runs away: every request is decided from one parse, before any process starts.
+
+TYPOS = {  # argv -> what the one line names
+    ("--max_iter", "100"): "did you mean --max_iters?",  # abbreviated
+    ("--modle", "ut"): "did you mean --model?",  # misspelled
+    ("--max_iters=5", "--job", "2"): "did you mean --jobs?",  # a lab flag, abbreviated
+    ("--frobnicate",): "unknown flag --frobnicate",  # nothing like it
+    ("--seed", "1", "--rep"): "--rep",
+}
+LAB_TYPOS = {  # each file of the lab, and a typo of one of its own flags
+    "grid.py": ["--shar", "0/2"], "evaluate.py": ["--ckp", "x.pt"], "bench.py": ["--max_iter", "2"],
+    "sample.py": ["--ckpt", "x.pt", "--prom", "1|"], "export.py": ["a.pt", "b.pt", "--forc"],
+}
+
+
+@pytest.fixture
+def no_process(monkeypatch):
+    """Any attempt to start a process fails the test."""
+    def refuse(*a, **k):
+        raise AssertionError(f"a process was started: {a}")
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+
+
+@pytest.mark.parametrize("typo", TYPOS)
+def test_a_mistyped_flag_is_refused_in_one_line_before_anything_starts(typo, no_process, capsys):
+    assert train.main(["--model", "ut", "--task", "reverse", *typo]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and TYPOS[typo] in err
+
+
+@pytest.mark.parametrize("file", LAB_TYPOS)
+def test_every_lab_file_refuses_a_mistyped_flag_too(file, no_process, capsys):
+    code = importlib.import_module(file[:-3]).main(LAB_TYPOS[file])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "unknown flag" in err or "unrecognized" in err, err
+
+
+def test_a_process_the_lab_started_never_hands_a_request_over(monkeypatch, no_process, capsys):
+    monkeypatch.setenv(flags.STARTED_BY, "grid.py")
+    for argv in (["--model", "iter,ut"], ["--seeds", "2"], ["--eval_only"], ["--report"]):
+        assert train.main(TINY + argv) == 2
+        assert "does not hand a request over again" in capsys.readouterr().err
+
+
+def test_a_typo_on_the_command_line_ends_the_process_with_one_line():
+    p = cli("--model", "ut", "--task", "reverse", "--max_iter", "100")
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.strip().splitlines() == [
+        "error: unknown flag --max_iter: did you mean --max_iters? "
+        "(python train.py -h lists every flag)"]
+
+
+def test_a_flag_of_the_wrong_lab_file_is_refused_naming_the_right_one(no_process, capsys):
+    assert train.main(TINY + ["--ckpt", "x.pt"]) == 2
+    assert "--ckpt is not a flag of grid.py (with --eval_only: evaluate.py)" in \
+        capsys.readouterr().err
+
+
+def test_the_resume_line_names_the_flags_as_parsed(tmp_path, monkeypatch, capsys):
+    def stop_at_once(args, config, device, prior, resume_with):
+        raise stopping.Interrupted(f"interrupted. Resume with: {resume_with}")
+    monkeypatch.setattr(train, "train_run", stop_at_once)
+    argv = ["--max_iters=5", "--model", "ut", "--no-decay_lr", "--lr", "3e-4", "--out_dir"]
+    assert train.main(argv + [str(tmp_path)]) == 130
+    assert capsys.readouterr().err.strip().endswith(  # in SETTINGS' order
+        "Resume with: python train.py --model ut --max_iters 5 --lr 0.0003 --no-decay_lr "
+        f"--out_dir {tmp_path} --resume")
+
+
+def test_a_run_parses_its_flags_builds_its_config_and_finds_its_device_once(tmp_path,
+                                                                             monkeypatch):
+    calls = {"parse": 0, "config": 0, "device": 0}
+
+    def counted(name, real):
+        def call(*a, **k):
+            calls[name] += 1
+            return real(*a, **k)
+        return call
+
+    class Counted(Config):
+        def __post_init__(self):
+            calls["config"] += 1
+            super().__post_init__()
+
+    monkeypatch.setattr(flags, "parser", counted("parse", flags.parser))
+    monkeypatch.setattr(flags, "Config", Counted)
+    monkeypatch.setattr(flags, "get_device", counted("device", flags.get_device))
+    assert run(tmp_path, "--model", "ut", "--task", "copy", "--max_iters", "2") == 0
+    assert calls == {"parse": 1, "config": 1, "device": 1}
+    assert run(tmp_path, "--model", "ut", "--task", "copy", "--max_iters", "4", "--resume") == 0
+    assert calls == {"parse": 2, "config": 2, "device": 2}  # the resume decided from the same

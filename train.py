@@ -15,21 +15,21 @@ report.py, --eval_only to evaluate.py.
 
 import math
 import os
+import shlex
 import sys
 import time
 import traceback
 
 import torch
 
-import artrm
 import flags
 import resume
 import tasks
 from artrm import Model
-from machine import get_device, hardware, sync
+from machine import hardware, sync
 from records import UserError, code_version, describe, fmt_time, logged_to, run_name, summary
 from records import write_json
-from stopping import Interrupted, StopOnSignal, hand_over, handling
+from stopping import Interrupted, StopOnSignal, hand_over
 
 # -----------------------------------------------------------------------------
 # Settings: every flag of one run, its default (the laptop preset) and what it does.
@@ -133,158 +133,114 @@ def get_lr(it, args):
     return args.lr / 10 + 0.5 * (1 + math.cos(math.pi * ratio)) * (args.lr - args.lr / 10)
 
 
-def new_tally():
-    """[forwards, early exits of the whole batch, sum of mean steps per position, sum of the
-    steps the batch ran]: count_passes adds to one for training, one for evaluation."""
-    return [0, 0, 0.0, 0.0]
-
-
-def count_passes(model, passes):
-    """Executed compute (a halting rung may stop before its budget): after each forward, into
-    passes["train"] or passes["eval"] (a new_tally). A batch runs until its last position
-    halts, so its steps are the compute spent; the mean is what each position needed."""
-    def count(m, inputs, output):
-        tally = passes["train" if m.training else "eval"]
-        tally[0] += 1
-        tally[1] += int(m.last_steps.max() < m.last_n_steps)  # a sync, as readouts make per step
-        tally[2] += float(m.last_steps.mean())
-        tally[3] += float(m.last_steps.max())
-    return model.register_forward_hook(count)
-
-
-def train_run(args, device, ckpt=None):
-    """Train the run args asks for (from its checkpoint, if one is given); return its record."""
+def train_run(args, config, device, prior, resume_with):
+    """Train the run args asks for (its model: config; prior: what out_dir holds of it, a
+    resume.Prior; resume_with: the command that goes on with it); return its record."""
     task, name, seed = args.task, args.model, args.seed
-    config, T = flags.model_config(args, name), tasks.seq_len(task, args.n_digits)
+    T = tasks.seq_len(task, args.n_digits)
     ckpt_path = os.path.join(resume.run_dir(args), "ckpt.pt")
-    settings = resume.run_config(args, DEFAULTS)
     torch.manual_seed(seed)  # model init and dropout
     model = Model(config).to(device)
     optimizer = model.configure_optimizers(args.lr, args.weight_decay)
     data_gen = torch.Generator(device=device).manual_seed(seed)  # the data stream, apart from init
     stats = model.compute_stats(T)
-    it, history, wall, resumed = 0, [], 0.0, []
-    passes = {"train": new_tally(), "eval": new_tally()}
     # what this part runs on; a resume puts the earlier parts' before it (wall_s depends on them)
-    parts = {"code": [code_version()], "threads": [torch.get_num_threads()]}
-    if ckpt is not None:
-        resume.restore(ckpt, model, optimizer, data_gen, device)
-        it, history, wall, passes = ckpt["iter"], ckpt["history"], ckpt["wall_s"], ckpt["passes"]
-        for tally in passes.values():  # a checkpoint from before the steps run were counted
-            tally += [math.nan] * (len(new_tally()) - len(tally))
-        resumed = ckpt.get("resumed", [])
-        parts = {k: ckpt.get(k, []) + v for k, v in parts.items()}
-        changed = resume.setting_changes(ckpt["settings"], settings, DEFAULTS)
-        if changed:  # only RESUMABLE ones get here: say in the record what happened
-            resumed = resumed + [{"iter": it, "changed": changed}]
-        new = f" with new {', '.join(changed)}" if changed else ""
-        print(f"resuming {ckpt_path} from iter {it}{new}")
-    count_passes(model, passes)
-    part_it, part_wall = it, wall  # the ETA goes by this part's pace: a resume may run elsewhere
-    mean_steps = lambda mode: passes[mode][2] / max(passes[mode][0], 1)
-    ran_steps = lambda mode: passes[mode][3] / max(passes[mode][0], 1)  # nan: not counted
+    state = resume.RunState(prior.settings,
+                            {"code": [code_version()], "threads": [torch.get_num_threads()]})
+    if prior.action == "resume":
+        resume.restore(prior.ckpt, model, optimizer, data_gen, device)
+        state = state.resumed_from(prior.ckpt, DEFAULTS)
+        new = state.resumed[-1]["changed"] if state.resumed else {}
+        new = f" with new {', '.join(new)}" if new else ""
+        print(f"resuming {ckpt_path} from iter {state.iter}{new}")
+    state.watch(model)
+    it, part_it, part_wall = state.iter, state.iter, state.wall_s  # ETA: this part's pace
     fwd = torch.compile(model) if args.compile else model  # the uncompiled model is what we save
     print(f"{run_name(task, name, seed)}: {describe(config, stats, T)}, {args.max_iters} iters")
 
     def checkpoint():  # everything an exact resume needs
-        resume.save_checkpoint(ckpt_path, model, optimizer, data_gen, device, iter=it,
-                               history=history, wall_s=wall, passes=passes, settings=settings,
-                               resumed=resumed, **parts, task=task, seed=seed,
-                               n_digits=args.n_digits)
+        state.iter = it
+        resume.save_checkpoint(ckpt_path, model, optimizer, data_gen, device, state, task=task,
+                               seed=seed, n_digits=args.n_digits)
 
-    resume_with = resume_command(args)
     model.train()
     t_log, tokens_log, loss = time.time(), 0, None
-    stop = StopOnSignal()
-    try:
-        with handling(stop.on_signal):
-            while it < args.max_iters and not stop.asked:
-                for group in optimizer.param_groups:
-                    group["lr"] = get_lr(it, args)
-                idx, targets = tasks.get_batch(task, args.n_digits, args.batch_size, data_gen,
-                                               device)
-                logits, loss = fwd(idx, targets)
-                lossf = loss.item()
-                if not math.isfinite(lossf):
-                    raise FloatingPointError(f"loss is {lossf} at iter {it}; the last good "
-                                             f"checkpoint is kept")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if args.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-                optimizer.step()
-                it += 1
-                tokens_log += idx.numel()
-                if it % args.log_interval == 0 or it == args.max_iters:
-                    sync(device)
-                    dt = time.time() - t_log
-                    wall += dt
-                    mask = targets != artrm.IGNORE_INDEX
-                    tok_acc = (logits.argmax(-1)[mask] == targets[mask]).float().mean().item()
-                    ran = mean_steps("train") * config.passes_per_step
-                    pace = (wall - part_wall) / (it - part_it)  # seconds per iteration
-                    eta = fmt_time(pace * (args.max_iters - it))
-                    done = f"{it:05d}/{args.max_iters:05d} ({100 * it / args.max_iters:5.1f}%)"
-                    print(f"iter {done} | loss {lossf:.4f} | tok_acc {tok_acc:.3f} | "
-                          f"passes {ran:.1f}/{config.budget} | "
-                          f"{tokens_log / dt:,.0f} tok/s | eta {eta}")
-                    t_log, tokens_log = time.time(), 0
-                if it % args.eval_interval == 0 or it == args.max_iters:
-                    sync(device)
-                    t_eval = time.time()
-                    r = evaluate(model, task, [args.n_digits], args.eval_examples, device,
-                                 args.temperature)[str(args.n_digits)]
-                    history.append({"iter": it, "loss": lossf, "char_acc": r["char_acc"],
-                                    "seq_acc": r["seq_acc"], "last_acc": r["pos_acc"][-1]})
-                    print(f"eval iter {it}: L={args.n_digits} char_acc {r['char_acc']:.3f} "
-                          f"seq_acc {r['seq_acc']:.3f}")
-                    t_log += time.time() - t_eval  # evaluation stays out of the training clock
-                if args.ckpt_interval and it % args.ckpt_interval == 0 and it < args.max_iters:
-                    checkpoint()
-            checkpoint()  # at the end, or where a first signal stopped the loop
-            if stop.asked:
-                raise Interrupted(f"interrupted ({stop.asked}) at iter {it}; its checkpoint is in "
-                                  f"{ckpt_path}. Resume with: {resume_with}")
-            stop.now_at_once()  # nothing is left to save
-            passes["eval"] = new_tally()  # executed passes of the final evaluation only
-            final = evaluate(model, task, args.eval_lengths, args.eval_examples, device,
-                             args.temperature, show=3)
-    except KeyboardInterrupt:  # a second signal: at once, leaving the last checkpoint as it was
-        where = "in the final evaluation" if stop.at_once else f"twice, at iter {it}"
-        raise Interrupted(f"interrupted {where}; the last checkpoint saved is in {ckpt_path}. "
-                          f"Resume with: {resume_with}") from None
+    with StopOnSignal(resume_with, ckpt_path) as stop:
+        while it < args.max_iters and not stop.asked:
+            for group in optimizer.param_groups:
+                group["lr"] = get_lr(it, args)
+            idx, targets = tasks.get_batch(task, args.n_digits, args.batch_size, data_gen, device)
+            logits, loss = fwd(idx, targets)
+            lossf = loss.item()
+            if not math.isfinite(lossf):
+                raise FloatingPointError(f"loss is {lossf} at iter {it}; the last good "
+                                         f"checkpoint is kept")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if args.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+            optimizer.step()
+            it += 1
+            tokens_log += idx.numel()
+            if it % args.log_interval == 0 or it == args.max_iters:
+                sync(device)
+                dt = time.time() - t_log
+                state.wall_s += dt
+                mask = targets != tasks.IGNORE_INDEX
+                tok_acc = (logits.argmax(-1)[mask] == targets[mask]).float().mean().item()
+                ran = state.passes["train"].per_forward("position_steps") * config.passes_per_step
+                pace = (state.wall_s - part_wall) / (it - part_it)  # seconds per iteration
+                eta = fmt_time(pace * (args.max_iters - it))
+                done = f"{it:05d}/{args.max_iters:05d} ({100 * it / args.max_iters:5.1f}%)"
+                print(f"iter {done} | loss {lossf:.4f} | tok_acc {tok_acc:.3f} | "
+                      f"passes {ran:.1f}/{config.budget} | "
+                      f"{tokens_log / dt:,.0f} tok/s | eta {eta}")
+                t_log, tokens_log = time.time(), 0
+            if it % args.eval_interval == 0 or it == args.max_iters:
+                sync(device)
+                t_eval = time.time()
+                r = evaluate(model, task, [args.n_digits], args.eval_examples, device,
+                             args.temperature)[str(args.n_digits)]
+                state.history.append({"iter": it, "loss": lossf, "char_acc": r["char_acc"],
+                                      "seq_acc": r["seq_acc"], "last_acc": r["pos_acc"][-1]})
+                print(f"eval iter {it}: L={args.n_digits} char_acc {r['char_acc']:.3f} "
+                      f"seq_acc {r['seq_acc']:.3f}")
+                t_log += time.time() - t_eval  # evaluation stays out of the training clock
+            if args.ckpt_interval and it % args.ckpt_interval == 0 and it < args.max_iters:
+                checkpoint()
+        stop.after_loop(checkpoint, it)  # saves; a signal that stopped the loop ends the run
+        state.passes["eval"] = resume.Tally()  # executed passes of the final evaluation only
+        final = evaluate(model, task, args.eval_lengths, args.eval_examples, device,
+                         args.temperature, show=3)
     print("final evaluation: " + " | ".join(
         f"L={n} char_acc {r['char_acc']:.3f} seq_acc {r['seq_acc']:.3f}" for n, r in final.items()))
-    executed = model.compute_stats(T, steps=mean_steps("train"))["train_flops_per_token"]
-    spent = model.compute_stats(T, steps=ran_steps("train"))["train_flops_per_token"]
+    final_loss = loss.item() if loss is not None else state.history[-1]["loss"]
+    return record_of(args, model, state, final, final_loss, device)
+
+
+def record_of(args, model, state, final, final_loss, device):
+    """What a finished run states of itself: what it trained, what it spent, what it gives."""
+    config, train, ev = model.config, state.passes["train"], state.passes["eval"]
+    T, k = tasks.seq_len(args.task, args.n_digits), config.passes_per_step
+    stats = model.compute_stats(T)
+    flops = lambda steps: model.compute_stats(T, steps=steps)["train_flops_per_token"]
     return {
-        "model": config.model, "name": name, "task": task, "seed": seed, "budget": config.budget,
-        "n_digits": args.n_digits, "iters": it, **stats,
-        "executed_block_passes_train": mean_steps("train") * config.passes_per_step,
-        "executed_block_passes_eval": mean_steps("eval") * config.passes_per_step,
-        "early_exit_fraction_train": passes["train"][1] / max(passes["train"][0], 1),
-        "early_exit_fraction_eval": passes["eval"][1] / max(passes["eval"][0], 1),
-        "executed_train_flops_per_token": executed,
-        "spent_block_passes_train": known(ran_steps("train") * config.passes_per_step),
-        "spent_block_passes_eval": ran_steps("eval") * config.passes_per_step,
-        "spent_train_flops_per_token": known(spent),
-        "train_tokens": it * args.batch_size * T,
-        "wall_s": wall, "final_loss": loss.item() if loss is not None else history[-1]["loss"],
-        "eval": final, "history": history, "status": "ok", "resumed": resumed,
-        "config": settings, "device": device, "hardware": hardware(device),
-        "torch": torch.__version__, **first_and_resumed(parts),
+        "model": config.model, "name": args.model, "task": args.task, "seed": args.seed,
+        "budget": config.budget, "n_digits": args.n_digits, "iters": state.iter, **stats,
+        "executed_block_passes_train": train.per_forward("position_steps") * k,
+        "executed_block_passes_eval": ev.per_forward("position_steps") * k,
+        "early_exit_fraction_train": train.per_forward("early_exits"),
+        "early_exit_fraction_eval": ev.per_forward("early_exits"),
+        "executed_train_flops_per_token": flops(train.per_forward("position_steps")),
+        "spent_block_passes_train": known(train.per_forward("batch_steps") * k),
+        "spent_block_passes_eval": ev.per_forward("batch_steps") * k,
+        "spent_train_flops_per_token": known(flops(train.per_forward("batch_steps"))),
+        "train_tokens": state.iter * args.batch_size * T,
+        "wall_s": state.wall_s, "final_loss": final_loss,
+        "eval": final, "history": state.history, "status": "ok", "resumed": state.resumed,
+        "config": state.settings, "device": device, "hardware": hardware(device),
+        "torch": torch.__version__, **state.parts_said(),
     }
-
-
-def first_and_resumed(parts):
-    """{"code": the first part's, "code_resumed": the later parts' where any differ}, and the
-    same for each key of parts."""
-    out = {}
-    for key, values in parts.items():
-        out[key] = values[0]
-        if len(set(values)) > 1:
-            out[f"{key}_resumed"] = values[1:]
-    return out
 
 
 def known(x):
@@ -292,48 +248,46 @@ def known(x):
     return None if math.isnan(x) else x
 
 
-def resume_command(args):
-    again = [] if "--resume" in args.argv else ["--resume"]
-    return "python train.py " + " ".join(args.argv + again)
-
-
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """One run: its flags parsed once, its model's Config built and its device found once,
+    then the one decision about its out_dir (fresh, skip, resume; or refused)."""
     try:
-        lab = flags.lab_for(argv, SETTINGS, PRESETS)
+        args = flags.parse_args(argv, SETTINGS, PRESETS, __doc__, EPILOG, flags.LAB)
+        lab = flags.lab_for(args)
         if lab:  # many runs, or what is made of them: the lab's job, with the very same flags
-            return hand_over(os.path.join(HERE, lab), argv)
-        args = flags.parse_args(argv, SETTINGS, PRESETS, __doc__, EPILOG)
+            env = {**os.environ, flags.STARTED_BY: "train.py"}
+            return hand_over(os.path.join(HERE, lab), args.argv, env)
         args.model, args.task = args.models[0], args.tasks[0]
-        flags.validate(args)
-        ckpt = resume.prior(args, DEFAULTS)
-        if ckpt == "finished":
-            return 0
-        device = get_device(args.device)
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        run_dir = resume.run_dir(args)
-        os.makedirs(run_dir, exist_ok=True)
-        with logged_to(os.path.join(run_dir, "train.log")):
-            try:
-                record = train_run(args, device, ckpt)
-            except Interrupted as e:  # the run's log says so too
-                print(e, file=sys.stderr)
-                return 130
-            except Exception as e:  # a diverged (or broken) run is recorded as failed
-                if not isinstance(e, FloatingPointError):
-                    traceback.print_exc()
-                print(f"run {run_dir} failed: {e}", file=sys.stderr)
-                record = {"model": args.model.split("+")[0], "name": args.model,
-                          "task": args.task, "seed": args.seed, "status": "failed",
-                          "error": f"{type(e).__name__}: {e}",
-                          "config": resume.run_config(args, DEFAULTS)}
-            print(summary(record))
-        write_json(os.path.join(run_dir, "record.json"), record)
-        return 0 if record["status"] == "ok" else 1
+        resume_with = shlex.join(["python", "train.py"]  # what a stop says to go on with it
+                                 + flags.command_line({**args.given, "resume": True}))
+        configs, device = flags.validate(args)
+        config = configs[args.model]
+        prior = resume.prior(args, config, DEFAULTS)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if prior.action == "skip":
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_dir = resume.run_dir(args)
+    os.makedirs(run_dir, exist_ok=True)
+    with logged_to(os.path.join(run_dir, "train.log")):
+        try:
+            record = train_run(args, config, device, prior, resume_with)
+        except Interrupted as e:  # the run's log says so too
+            print(e, file=sys.stderr)
+            return 130
+        except Exception as e:  # a diverged (or broken) run is recorded as failed
+            if not isinstance(e, FloatingPointError):
+                traceback.print_exc()
+            print(f"run {run_dir} failed: {e}", file=sys.stderr)
+            record = {"model": config.model, "name": args.model, "task": args.task,  # run again
+                      "seed": args.seed, "status": "failed", "error": f"{type(e).__name__}: {e}",
+                      "config": prior.settings}
+        print(summary(record))
+    write_json(os.path.join(run_dir, "record.json"), record)
+    return 0 if record["status"] == "ok" else 1
 
 
 if __name__ == "__main__":
