@@ -36,7 +36,7 @@ import resume
 import tasks
 import train
 from artrm import RUNGS, Model
-from machine import get_device
+from machine import cpu_threads, get_device
 from records import UserError, fmt_time, run_name, summary
 from stopping import handling
 
@@ -141,7 +141,7 @@ def compare(args):
         if state != "finished":
             todo.append((run, state is not None))
     jobs = min(args.jobs, len(todo)) or 1
-    threads = args.threads or (max(1, torch.get_num_threads() // jobs) if jobs > 1 else 0)
+    threads = args.threads or (max(1, cpu_threads() // jobs) if jobs > 1 else 0)
     part = f" (shard {args.shard_k}/{args.shard_n} of {len(runs)})" if args.shard_n > 1 else ""
     print(f"{len(mine)} run(s){part}, {len(mine) - len(todo)} finished already; {jobs} at a time"
           + (f", {threads} thread(s) each" if threads else ""), flush=True)

@@ -3,6 +3,7 @@ The machine a run uses: CUDA, then Apple MPS, then the CPU, fp32 everywhere; and
 record calls it. Nothing here touches CUDA where there is none.
 """
 
+import os
 import platform
 
 import torch
@@ -21,6 +22,15 @@ def get_device(name):
     if not available[name]:
         raise UserError(f"device {name} is not available on this machine")
     return name
+
+
+def cpu_threads():
+    """The CPU threads a run uses unless --threads says: under Slurm those of its allocation
+    (SLURM_CPUS_PER_TASK; torch's own count can be the whole node's), else torch's default."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    return torch.get_num_threads()
 
 
 def sync(device):
