@@ -23,6 +23,7 @@ import report
 import resume
 import train
 from artrm import Config, Model
+from machine import cpu_threads
 from records import UserError, code_version, run_name, write_json
 from train import evaluate
 
@@ -199,8 +200,7 @@ def main(argv=None):
                                 lab={"evaluate.py": flags.EVALUATE})
         args.eval_budgets = budgets_of(args.eval_budgets)
         device = flags.find_device(args.device)
-        if args.threads:
-            torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads or cpu_threads())
         runs = flags.plan(args)
         own = [os.path.join(args.out_dir, run_name(*run), "ckpt.pt") for run in runs]
         paths = [args.ckpt] if args.ckpt else own

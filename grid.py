@@ -36,6 +36,7 @@ import resume
 import tasks
 import train
 from artrm import LADDER, Model
+from machine import cpu_threads
 from records import UserError, fmt_time, run_name, summary
 from stopping import handling
 
@@ -124,7 +125,7 @@ def compare(args, configs, device):
         if prior.action != "skip":
             todo.append((run, prior.action == "resume"))
     jobs = min(args.jobs, len(todo)) or 1
-    threads = args.threads or (max(1, torch.get_num_threads() // jobs) if jobs > 1 else 0)
+    threads = args.threads or (max(1, cpu_threads() // jobs) if jobs > 1 else 0)
     part = f" (shard {args.shard_k}/{args.shard_n} of {len(runs)})" if args.shard_n > 1 else ""
     print(f"{len(mine)} run(s){part}, {len(mine) - len(todo)} finished already; {jobs} at a time"
           + (f", {threads} thread(s) each" if threads else ""), flush=True)

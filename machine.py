@@ -4,6 +4,7 @@ calls it; and the model's Dropout with a cheaper mask on the CPU. Nothing here t
 where there is none.
 """
 
+import os
 import platform
 
 import torch
@@ -23,6 +24,15 @@ def get_device(name):
     if not available[name]:
         raise ValueError(f"device {name} is not available on this machine")
     return name
+
+
+def cpu_threads():
+    """The CPU threads a run uses unless --threads says: under Slurm those of its allocation
+    (SLURM_CPUS_PER_TASK; torch's own count can be the whole node's), else torch's default."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    return torch.get_num_threads()
 
 
 def sync(device):

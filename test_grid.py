@@ -131,12 +131,14 @@ def test_the_grid_again_skips_finished_runs_and_resumes_the_rest(tmp_path, capfd
     assert [r["model"] for r in results(tmp_path)] == ["dense", "iter", "iter_step", "ut"]
 
 
-def test_jobs_2_gives_the_records_of_jobs_1(tmp_path, capfd):
-    flags = ["--model", "iter,ut", "--task", "copy", "--max_iters", "4", "--threads", "1"]
-    assert run_grid(tmp_path / "one", *flags) == 0
+def test_jobs_2_gives_the_records_of_jobs_1(tmp_path, capfd, monkeypatch):
+    flags = ["--model", "iter,ut", "--task", "copy", "--max_iters", "4"]
+    assert run_grid(tmp_path / "one", *flags, "--threads", "2") == 0
     capfd.readouterr()
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "4")  # a Slurm task's 4 CPUs, shared by 2 runs
     assert run_grid(tmp_path / "two", *flags, "--jobs", "2") == 0
     out = capfd.readouterr().out
+    assert "2 at a time, 2 thread(s) each" in out
     # a line per start and finish
     assert out.count("start copy_") == 2 and "eta" in out and "char_acc" in out
     one, two = records_of(tmp_path / "one"), records_of(tmp_path / "two")

@@ -15,6 +15,7 @@ import torch
 
 import artrm
 import flags
+import machine
 import records
 import resume
 import stopping
@@ -287,17 +288,29 @@ def test_a_record_names_the_code_the_run_started_on(tmp_path, monkeypatch):
     assert rec["code"] == "aaaaaaa" and rec["code_resumed"] == ["bbbbbbb"]
 
 
-def test_a_record_names_the_threads_of_each_part(tmp_path):
+def test_under_slurm_the_default_threads_are_the_cpus_of_the_allocation(monkeypatch):
+    torch_default = torch.get_num_threads()
+    for unset in ("", "0", "two"):  # not a count: torch's default
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", unset)
+        assert machine.cpu_threads() == torch_default
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    assert machine.cpu_threads() == 3
+
+
+def test_a_record_names_the_threads_of_each_part(tmp_path, monkeypatch):
     before = torch.get_num_threads()
     try:
         assert run(tmp_path, "--model", "iter", "--task", "copy", "--max_iters", "2",
                    "--threads", "2") == 0
         assert run(tmp_path, "--model", "iter", "--task", "copy", "--max_iters", "4",
                    "--resume", "--threads", "1") == 0
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")  # a Slurm task, no --threads
+        assert run(tmp_path, "--model", "iter", "--task", "copy", "--max_iters", "6",
+                   "--resume") == 0
     finally:
         torch.set_num_threads(before)
     rec = record(tmp_path, "copy_iter_s1337")
-    assert rec["threads"] == 2 and rec["threads_resumed"] == [1]
+    assert rec["threads"] == 2 and rec["threads_resumed"] == [1, 3]
 
 
 def test_a_mismatching_checkpoint_is_refused_naming_the_fields(tmp_path, capsys):

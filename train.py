@@ -26,7 +26,7 @@ import flags
 import resume
 import tasks
 from artrm import Model
-from machine import hardware, sync
+from machine import cpu_threads, hardware, sync
 from records import UserError, code_version, describe, fmt_time, logged_to, run_name, summary
 from records import write_json
 from stopping import Interrupted, StopOnSignal, hand_over
@@ -64,7 +64,7 @@ SETTINGS = dict(
     grad_clip=(1.0, "clip the gradient norm at this (0: off, as the paper)"),
     temperature=(0.0, "evaluation decoding: 0 greedy, 1 samples as the paper's code"),
     device=("auto", "auto | cpu | cuda | mps (auto: cuda, then mps, then cpu)"),
-    threads=(0, "CPU threads (0: torch's default)"),
+    threads=(0, "CPU threads (0: a Slurm task's CPUs, else torch's default)"),
     compile=(False, "torch.compile the model (CUDA only)"),
     out_dir=("out", "one directory per run: record.json, train.log, ckpt.pt"),
     ckpt_interval=(0, "also checkpoint every this many iters (0: only at the end)"),
@@ -268,8 +268,7 @@ def main(argv=None):
         return 2
     if prior.action == "skip":
         return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or cpu_threads())  # under Slurm: its allocation
     run_dir = resume.run_dir(args)
     os.makedirs(run_dir, exist_ok=True)
     with logged_to(os.path.join(run_dir, "train.log")):
