@@ -184,7 +184,8 @@ def model_config(args, name):
         raise UserError(said) from None
 
 
-def find_device(name):  # for the lab's files that take no run's flags (validate finds a run's)
+def find_device(name):
+    """get_device's answer, or its refusal as one line."""
     try:
         return get_device(name)
     except ValueError as e:
@@ -210,10 +211,7 @@ def validate(args):
     configs = {m: model_config(args, m) for m in args.models}
     for task in args.tasks:
         check_fits(task, [args.n_digits] + args.eval_lengths, args.block_size, "--block_size")
-    try:  # a device this machine lacks is refused here
-        device = get_device(args.device)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    device = find_device(args.device)  # one that this machine lacks is refused here
     if args.compile and device != "cuda":  # --device auto picks CUDA where there is one
         raise UserError("--compile is offered on CUDA only")
     return configs, device

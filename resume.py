@@ -29,7 +29,6 @@ CKPT_KEYS = {"model", "optimizer", "config", "settings", "iter", "data_rng", "to
 MODEL_KEYS = {"model", "config", "iter"}
 
 
-
 @dataclass
 class Tally:
     """The compute one mode's forwards executed (a halting rung may stop before its budget)."""
@@ -81,10 +80,9 @@ class RunState:
         state = {k: v for k, v in asdict(self).items() if k != "parts"}
         return {**state, **self.parts}  # each part's list by its own name, as records name them
 
-    def resumed_from(self, ckpt, defaults):
+    def resumed_from(self, ckpt, changed):
         """This part's state going on from the checkpoint's: the earlier parts first, and in
-        `resumed` the settings it changes."""
-        changed = setting_changes(ckpt["settings"], self.settings, defaults)
+        `resumed` the settings it changes (changed: setting_changes from the checkpoint's)."""
         resumed = ckpt.get("resumed", [])
         if changed:  # only RESUMABLE ones get here: say in the record what happened
             resumed = resumed + [{"iter": ckpt["iter"], "changed": changed}]

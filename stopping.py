@@ -39,7 +39,7 @@ class StopOnSignal:
     as it was. resume_with: the command that goes on; where: the checkpoint's path."""
 
     def __init__(self, resume_with, where):
-        self.resume_with, self.where, self.it = resume_with, where, 0
+        self.resume_with, self.where = resume_with, where
         self.asked, self.at, self.at_once = None, 0.0, False  # the signal's name, when
 
     def on_signal(self, signum, frame):
@@ -56,7 +56,6 @@ class StopOnSignal:
         return self
 
     def after_loop(self, checkpoint, it):
-        self.it = it
         checkpoint()  # at the end, or where a first signal stopped the loop
         if self.asked:
             raise Interrupted(f"interrupted ({self.asked}) at iter {it}; its checkpoint is in "

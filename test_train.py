@@ -244,12 +244,17 @@ def test_the_same_command_again_skips_the_finished_run_and_keeps_its_record(tmp_
     assert run(tmp_path, *one) == 0 and "is finished in" in capsys.readouterr().out
 
 
-def test_resume_may_extend_a_run_and_the_record_says_so(tmp_path):
+def test_resume_may_extend_a_run_and_the_record_says_so(tmp_path, capsys):
     assert run(tmp_path, "--model", "iter", "--task", "copy", "--max_iters", "2") == 0
     assert run(tmp_path, "--model", "iter", "--task", "copy", "--max_iters", "4", "--resume") == 0
     rec = record(tmp_path, "copy_iter_s1337")
     assert rec["iters"] == 4 and rec["config"]["max_iters"] == 4
     assert rec["resumed"] == [{"iter": 2, "changed": {"max_iters": [2, 4]}}]
+    os.remove(tmp_path / "copy_iter_s1337" / "record.json")  # as if stopped at its end
+    capsys.readouterr()
+    assert run(tmp_path, "--model", "iter", "--task", "copy", "--max_iters", "4", "--resume") == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if "resuming" in line]
+    assert said and "with new" not in said[0]  # this part changes nothing; an earlier one did
 
 
 def test_a_resumed_run_estimates_its_eta_from_its_own_pace(tmp_path, capsys):

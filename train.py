@@ -149,9 +149,9 @@ def train_run(args, config, device, prior, resume_with):
                             {"code": [code_version()], "threads": [torch.get_num_threads()]})
     if prior.action == "resume":
         resume.restore(prior.ckpt, model, optimizer, data_gen, device)
-        state = state.resumed_from(prior.ckpt, DEFAULTS)
-        new = state.resumed[-1]["changed"] if state.resumed else {}
-        new = f" with new {', '.join(new)}" if new else ""
+        changed = resume.setting_changes(prior.ckpt["settings"], prior.settings, DEFAULTS)
+        state = state.resumed_from(prior.ckpt, changed)
+        new = f" with new {', '.join(changed)}" if changed else ""
         print(f"resuming {ckpt_path} from iter {state.iter}{new}")
     state.watch(model)
     it, part_it, part_wall = state.iter, state.iter, state.wall_s  # ETA: this part's pace
