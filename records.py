@@ -124,6 +124,17 @@ def code_version():
     return commit + ("+dirty" if dirty else "")
 
 
+def by_part(parts):
+    """{"code": the first part's, "code_resumed": the later parts' where any differ}, and the
+    same for each key of a run's parts ({"code": [...], "threads": [...]}, one per part)."""
+    out = {}
+    for key, values in parts.items():
+        out[key] = values[0]
+        if len(set(values)) > 1:
+            out[f"{key}_resumed"] = values[1:]
+    return out
+
+
 def fmt_time(s):
     s = int(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

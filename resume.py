@@ -66,16 +66,6 @@ class RunState:
             tally.batch_steps += float(m.last_steps.max())
         return model.register_forward_hook(count)
 
-    def parts_said(self):
-        """{"code": the first part's, "code_resumed": the later parts' where any differ}, and
-        the same for each key of parts: as a record says them."""
-        out = {}
-        for key, values in self.parts.items():
-            out[key] = values[0]
-            if len(set(values)) > 1:
-                out[f"{key}_resumed"] = values[1:]
-        return out
-
     def saved(self):
         state = {k: v for k, v in asdict(self).items() if k != "parts"}
         return {**state, **self.parts}  # each part's list by its own name, as records name them

@@ -27,8 +27,8 @@ import resume
 import tasks
 from artrm import Model
 from machine import cpu_threads, hardware, sync
-from records import UserError, code_version, describe, fmt_time, logged_to, run_name, summary
-from records import write_json
+from records import UserError, by_part, code_version, describe, fmt_time, logged_to, run_name
+from records import summary, write_json
 from stopping import Interrupted, StopOnSignal, hand_over
 
 # -----------------------------------------------------------------------------
@@ -239,7 +239,7 @@ def record_of(args, model, state, final, final_loss, device):
         "wall_s": state.wall_s, "final_loss": final_loss,
         "eval": final, "history": state.history, "status": "ok", "resumed": state.resumed,
         "config": state.settings, "device": device, "hardware": hardware(device),
-        "torch": torch.__version__, **state.parts_said(),
+        "torch": torch.__version__, **by_part(state.parts),
     }
 
 
