@@ -17,7 +17,7 @@ the rung above it (see LADDER):
 
 Recurrence runs over depth, inside each position: every block call is causal, so
 every stream at position t depends only on tokens <= t.
-Extensions the paper lacks (full_grad, deep_supervision, halt_loss) are Config flags
+Extensions the paper lacks (full_grad, deep_supervision, halt_loss, random_depth) are flags
 that default to the paper's behaviour.
 """
 
@@ -32,6 +32,7 @@ from machine import Dropout
 from tasks import IGNORE_INDEX  # targets at prompt positions: the loss skips them
 
 HALT_THRESHOLD = 1.0 - 1e-6  # ACT: a position halts when its cumulative p reaches this
+DEPTH_REACH, DEPTH_SIGMA = 4, 0.5  # random_depth: draws up to 4N steps, log-normal sigma 0.5
 
 # -----------------------------------------------------------------------------
 # The block: the only thing any rung ever evaluates. (Its Dropout is nn.Dropout with a
@@ -119,6 +120,7 @@ class Config:
     full_grad: bool = False        # extension: nested rungs backprop through every pass
     deep_supervision: bool = False # extension: loss on every step's y, detached between steps (TRM)
     halt_loss: bool = False        # extension: BCE for ar_trm's halt head on "answer exactly right"
+    random_depth: bool = False     # extension: each training forward runs a drawn depth (Model.depth)
 
     def __post_init__(self):  # what a rung makes of the settings (flags.py checks each alone)
         if self.model not in LADDER:
@@ -135,6 +137,9 @@ class Config:
                              "nested_ut and ar_trm only")
         if self.halt_loss and self.rung.halting != "binary":
             raise ValueError("halt_loss trains ar_trm's binary halting head; other rungs have none")
+        if self.random_depth and not self.rung.tied:
+            raise ValueError("random_depth draws the depth of a tied rung; dense's depth is its "
+                             "parameters")
 
     @property
     def rung(self):
@@ -149,6 +154,10 @@ class Config:
     @property
     def n_steps(self):  # N, the depth the budget buys this rung
         return self.budget // self.passes_per_step
+
+    @property
+    def max_steps(self):  # the deepest a training forward runs; the step embeddings reach it
+        return DEPTH_REACH * self.n_steps if self.random_depth else self.n_steps
 
 # -----------------------------------------------------------------------------
 # Readouts: how the per-step answers y_1..y_N become the output.
@@ -267,7 +276,7 @@ class Model(nn.Module):
         n_blocks = 1 if rung.tied else config.n_steps
         self.blocks = nn.ModuleList(Block(config) for _ in range(n_blocks))
         if rung.step_emb:  # s_t, added to every block call of step t
-            self.step_emb = nn.Embedding(config.n_steps, d)
+            self.step_emb = nn.Embedding(config.max_steps, d)
         if rung.two_streams:  # y (answer) and z (latent) start from learned vectors
             self.y_init = nn.Parameter(torch.zeros(d))
             self.z_init = nn.Parameter(torch.zeros(d))
@@ -303,7 +312,7 @@ class Model(nn.Module):
         stream y (B, T, C): a way to watch the steps (sample.py --steps) that changes
         nothing of the forward."""
         c = self.config
-        N = n_steps or c.n_steps
+        N = n_steps or self.depth()
         if N != c.n_steps and not c.rung.tied:
             raise ValueError("dense has no tied depth to extend: its depth is its parameters")
         B, T = idx.size()
@@ -319,8 +328,8 @@ class Model(nn.Module):
             if self.truncated:  # each step starts from a detached state
                 y, z = y.detach(), z.detach()
             k = t  # the trained step whose embedding step t uses
-            if t >= c.n_steps:  # past the trained steps (see extend)
-                k = t % c.n_steps if extend == "cycle" else c.n_steps - 1
+            if t >= c.max_steps:  # past the trained steps (see extend)
+                k = t % c.max_steps if extend == "cycle" else c.max_steps - 1
             y, z = self.step(x, y, z, k)
             if targets is not None and (c.deep_supervision or c.halt_loss):
                 ce, bce = self.step_losses(y, targets)
@@ -344,6 +353,18 @@ class Model(nn.Module):
         if c.ponder_weight and hasattr(readout, "ponder_cost"):
             loss = loss + c.ponder_weight * readout.ponder_cost()
         return logits, loss
+
+    def depth(self):
+        """The steps a forward runs unless told: N; with random_depth each training forward
+        draws its own as Huginn does (Geiping et al. 2025): 1 + Poisson(lambda), lambda
+        log-normal with mean N - 1, so the mean is N (training compute matches the fixed
+        rung's in expectation) and a heavy tail, cut at max_steps. torch's CPU generator
+        draws it: the seed fixes it and a checkpoint resumes it, on any device."""
+        c = self.config
+        if not (self.training and c.random_depth):
+            return c.n_steps
+        lam = (c.n_steps - 1) * torch.exp(DEPTH_SIGMA * torch.randn(()) - DEPTH_SIGMA ** 2 / 2)
+        return min(1 + int(torch.poisson(lam)), c.max_steps)
 
     @property
     def truncated(self):  # rungs 6-7 as in the authors' code: detach per step, no_grad cycles
@@ -409,14 +430,13 @@ class Model(nn.Module):
     # Compute accounting: the currency is block passes per token.
 
     @property
-    def grad_steps(self):
-        # Steps whose passes receive gradient in training. Every step's last cycle builds
-        # a graph (the halting head may pick any step's y), but with truncation and a
-        # final-only readout (ar_trm) the loss reaches only the step that is read out.
+    def final_only(self):
+        # Every step's last cycle builds a graph (the halting head may pick any step's y),
+        # but with truncation and a final-only readout (ar_trm) the loss reaches only the
+        # step that is read out: its passes alone receive gradient in training.
         c = self.config
-        final_only = (self.truncated and c.rung.halting == "binary"
-                      and not (c.deep_supervision or c.halt_loss))
-        return 1 if final_only else c.n_steps
+        return self.truncated and c.rung.halting == "binary" and not (c.deep_supervision
+                                                                       or c.halt_loss)
 
     def compute_stats(self, seq_len=None, steps=None):
         """Parameters, block passes per token per forward (at the maximum), how many of
@@ -429,7 +449,7 @@ class Model(nn.Module):
         c = self.config
         T = seq_len or c.block_size
         d, N = c.n_embd, steps or c.n_steps
-        grad_steps = min(self.grad_steps, N)
+        grad_steps = 1 if self.final_only else N  # the steps whose passes receive gradient
         grad_passes = grad_steps * (c.n_inner + 1 if self.truncated else c.passes_per_step)
         pass_flops = 24 * d * d + 4 * d * (T + 1) / 2
         heads = N if c.deep_supervision or c.halt_loss else 1  # lm_head readouts per forward

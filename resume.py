@@ -9,7 +9,7 @@ at all, as records are (records.py).
 import math
 import os
 from collections import namedtuple
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -37,9 +37,17 @@ class Tally:
     position_steps: float = 0.0  # summed over forwards: the mean steps a position ran
     batch_steps: float = 0.0     # summed: the steps the batch ran (until its last position
                                  # halted), the compute spent; nan where an older part was not
+    ceilings: dict = field(default_factory=dict)  # {steps a forward could run: forwards}
 
     def per_forward(self, name):
         return getattr(self, name) / max(self.forwards, 1)
+
+    def drawn(self):
+        """The depths the forwards could run (random_depth draws them): mean, range, counts."""
+        n = sorted(self.ceilings)
+        mean = sum(k * v for k, v in self.ceilings.items()) / max(sum(self.ceilings.values()), 1)
+        return {"mean": mean, "min": n[0], "max": n[-1],
+                "forwards": {str(k): self.ceilings[k] for k in n}}
 
 
 @dataclass
@@ -64,6 +72,7 @@ class RunState:
             tally.early_exits += int(m.last_steps.max() < m.last_n_steps)  # a sync, as readouts
             tally.position_steps += float(m.last_steps.mean())
             tally.batch_steps += float(m.last_steps.max())
+            tally.ceilings[m.last_n_steps] = tally.ceilings.get(m.last_n_steps, 0) + 1
         return model.register_forward_hook(count)
 
     def saved(self):
@@ -86,7 +95,7 @@ def tally_of(saved):
     oldest lacks batch_steps, which it did not count)."""
     if isinstance(saved, dict):
         return Tally(**saved)
-    return Tally(*saved, *[math.nan] * (len(fields(Tally)) - len(saved)))
+    return Tally(*saved, *[math.nan] * (4 - len(saved)))  # forwards .. batch_steps
 
 
 def run_dir(args):

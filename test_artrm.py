@@ -2,6 +2,7 @@
 The run is tested in test_train.py; the lab in a file per part (test_grid.py, test_evaluate.py,
 test_report.py, test_bench.py, test_sample.py); the README against the records in test_notes.py."""
 
+import collections
 import math
 import os
 
@@ -330,13 +331,13 @@ def test_the_pass_count_reports_executed_passes_and_early_exits():
         model.halt.weight.zero_()
         model.halt.bias.fill_(30.0)  # halts at once
     model(idx)
-    assert passes["eval"] == Tally(1, 1, 1.0, 1.0)  # one forward, exited early, one step each
+    assert passes["eval"] == Tally(1, 1, 1.0, 1.0, {12: 1})  # one forward, exited early, one step
     never_halt(model)
     model(idx)
-    assert passes["eval"] == Tally(2, 1, 13.0, 13.0)  # the second ran all 12 steps
+    assert passes["eval"] == Tally(2, 1, 13.0, 13.0, {12: 2})  # the second ran all 12 steps
     model.train()
     model(idx)  # training forwards are counted apart
-    assert passes["train"] == Tally(1, 0, 12.0, 12.0)
+    assert passes["train"] == Tally(1, 0, 12.0, 12.0, {12: 1})
     assert passes["eval"].forwards == 2
 
 
@@ -411,6 +412,51 @@ def test_extensions_are_refused_where_they_mean_nothing():
         Config(model="dense", full_grad=True)
     with pytest.raises(ValueError, match="binary halting head"):
         Config(model="nested_ut", halt_loss=True)
+    with pytest.raises(ValueError, match="depth of a tied rung"):
+        Config(model="dense", random_depth=True)
+
+
+TIED = [r for r, row in artrm.LADDER.items() if row.tied]  # where random_depth applies
+
+
+@pytest.mark.parametrize("rung", TIED)
+def test_random_depth_draws_each_training_forward_around_the_rungs_steps(rung):
+    model = Model(tiny(rung, budget=24, random_depth=True))
+    c = model.config
+    assert c.max_steps == artrm.DEPTH_REACH * c.n_steps
+    if c.rung.step_emb:  # the step embeddings reach the deepest draw
+        assert model.step_emb.num_embeddings == c.max_steps
+    torch.manual_seed(0)
+    drawn = [model.depth() for _ in range(4000)]
+    assert abs(sum(drawn) / len(drawn) - c.n_steps) < 0.05 * c.n_steps  # the mean is N
+    assert 1 <= min(drawn) < c.n_steps < max(drawn) <= c.max_steps
+    assert len(set(drawn[:20])) > 3  # batch to batch
+    torch.manual_seed(0)
+    assert [model.depth() for _ in range(4000)] == drawn  # the seed fixes the draws
+    model.eval()
+    rng = torch.get_rng_state()
+    assert model.depth() == c.n_steps and torch.equal(torch.get_rng_state(), rng)
+    assert Model(tiny(rung, budget=24)).train().depth() == c.n_steps  # off: the paper's
+
+
+def test_random_depth_runs_and_counts_the_depth_each_forward_drew():
+    model = Model(tiny("iter_step", budget=6, random_depth=True)).train()
+    state = RunState({}, {})
+    state.watch(model)
+    log = PassLog(model)
+    idx, targets = tasks.get_batch("reverse", 4, 2, torch.Generator().manual_seed(0))
+    torch.manual_seed(3)
+    ran = []
+    for _ in range(6):
+        before = len(log.grad)
+        model(idx, targets)[1].backward()  # past N, the drawn steps have embeddings of their own
+        ran.append(len(log.grad) - before)
+    tally = state.passes["train"]
+    assert len(set(ran)) > 1
+    assert tally.batch_steps == tally.position_steps == sum(ran)
+    assert tally.ceilings == dict(collections.Counter(ran))
+    assert tally.drawn()["mean"] == sum(ran) / 6
+    assert (tally.drawn()["min"], tally.drawn()["max"]) == (min(ran), max(ran))
 
 
 def test_tiny_run_on_reverse_drives_the_loss_down():

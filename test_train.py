@@ -257,6 +257,27 @@ def test_resume_may_extend_a_run_and_the_record_says_so(tmp_path, capsys):
     assert said and "with new" not in said[0]  # this part changes nothing; an earlier one did
 
 
+def test_a_random_depth_run_records_its_draws_and_the_compute_they_spent(tmp_path):
+    flags_ = ["--model", "ut+random_depth", "--task", "copy", "--no-decay_lr"]
+    assert run(tmp_path / "once", *flags_, "--max_iters", "8") == 0
+    rec = record(tmp_path / "once", "copy_ut+random_depth_s1337")
+    drawn = rec["depth_drawn"]
+    assert sum(drawn["forwards"].values()) == 8 and drawn["min"] < drawn["max"]
+    assert rec["name"] == "ut+random_depth"  # the name carries the extension, as for full_grad
+    model = artrm.Model(flags.model_config(parse(TINY + flags_), "ut+random_depth"))
+    T = tasks.seq_len("copy", 3)
+    # ut halts: a batch ran at most its drawn steps, and the FLOPs are those it ran
+    assert rec["spent_block_passes_train"] <= drawn["mean"]
+    spent = model.compute_stats(T, steps=rec["spent_block_passes_train"])
+    assert rec["spent_train_flops_per_token"] == pytest.approx(spent["train_flops_per_token"])
+    # the draws resume with the run: 4 iterations, then 4 more, are the 8 at once
+    assert run(tmp_path / "parts", *flags_, "--max_iters", "4") == 0
+    assert run(tmp_path / "parts", *flags_, "--max_iters", "8", "--resume") == 0
+    parts = record(tmp_path / "parts", "copy_ut+random_depth_s1337")
+    assert parts["depth_drawn"] == drawn
+    assert (parts["final_loss"], parts["eval"]) == (rec["final_loss"], rec["eval"])
+
+
 def test_a_resumed_run_estimates_its_eta_from_its_own_pace(tmp_path, capsys):
     assert run(tmp_path, "--model", "iter", "--task", "copy", "--max_iters", "5") == 0
     ckpt_path = tmp_path / "copy_iter_s1337" / "ckpt.pt"
@@ -386,6 +407,9 @@ BAD_INPUT = {  # what stderr must say: the flags (added to a tiny dense-on-copy 
     "--grad_clip must be zero or positive": ["--grad_clip=-1"],
     "--ponder_weight must be zero or positive": ["--ponder_weight=-1"],
     "halt_explore must be in [0, 1]": ["--halt_explore", "1.5"],
+    "error: dense+random_depth: random_depth draws the depth of a tied rung":
+        ["--model", "dense+random_depth"],
+    "error: dense: random_depth draws the depth of a tied rung": ["--random_depth"],
     "invalid int value": ["--max_iters", "ten"],
     "a_file is a file, not a directory": ["--out_dir", "{lab}/a_file"],
     "a_file is a file, not a directory ": ["--out_dir", "{lab}/a_file/sub"],

@@ -50,6 +50,8 @@ SETTINGS = dict(
     full_grad=(False, "extension: nested rungs backprop through every pass"),
     deep_supervision=(False, "extension: loss on y after every step (TRM)"),
     halt_loss=(False, "extension: train ar_trm's halting head (TRM)"),
+    random_depth=(False, "extension: tied rungs train at a depth drawn per batch, mean N "
+                  "(Huginn's)"),
     n_digits=(6, "training operand length L"),
     eval_lengths=("6,12", "comma list of operand lengths to evaluate"),
     eval_examples=(100, "fixed held-out examples per length"),
@@ -235,6 +237,7 @@ def record_of(args, model, state, final, final_loss, device):
         "spent_block_passes_train": known(train.per_forward("batch_steps") * k),
         "spent_block_passes_eval": ev.per_forward("batch_steps") * k,
         "spent_train_flops_per_token": known(flops(train.per_forward("batch_steps"))),
+        **({"depth_drawn": train.drawn()} if config.random_depth else {}),
         "train_tokens": state.iter * args.batch_size * T,
         "wall_s": state.wall_s, "final_loss": final_loss,
         "eval": final, "history": state.history, "status": "ok", "resumed": state.resumed,
