@@ -131,30 +131,35 @@ def print_budget_tables(entries):
 
 
 def plot_budgets(entries, out_dir, recorded):
-    """test_budgets.png: char_acc at the first evaluation length against the test budget,
-    a line through each model's means and a dot for each seed, one panel per task. A rung
-    that halts runs fewer passes than it may: its legend says how many it ran. recorded:
-    {run name: record}, for the settings the runs were trained with."""
-    tasks_here = report.tasks_of(entries)
-    plt = figures.pyplot() if tasks_here else None
+    """test_budgets.png: char_acc against the test budget, a line through each model's means
+    and a dot for each seed, one panel per task and evaluation length. A rung that halts
+    runs fewer passes than it may: its legend says how many it ran. recorded: {run name:
+    record}, for the settings the runs were trained with."""
+    panels = [(task, n) for task in report.tasks_of(entries)
+              for n in sorted({int(n) for e in entries if e["task"] == task
+                               for b in e["budgets"].values() for n in b})]
+    plt = figures.pyplot() if panels else None
     if plt is None:
         return
-    n_tasks = len(tasks_here)
-    fig, axes = plt.subplots(1, n_tasks, figsize=(5.5 * n_tasks + 4, 4.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks_here):
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 4, 4.2), squeeze=False)
+    for ax, (task, n) in zip(axes[0], panels):
         es = [e for e in entries if e["task"] == task]
-        n = min(int(n) for e in es for b in e["budgets"].values() for n in b)
         rows = budget_groups(es)
         style = figures.styles([label for label, _ in rows])
         for i, (label, group) in enumerate(rows):
-            budgets = sorted({int(b) for e in group for b in e["budgets"]})
-            accs = [[e["budgets"][str(b)][str(n)]["char_acc"] for e in group
-                     if str(b) in e["budgets"]] for b in budgets]
+            cells = {}  # {budget: each seed's results at L=n}
+            for e in group:
+                for b, at in e["budgets"].items():
+                    if str(n) in at:
+                        cells.setdefault(int(b), []).append(at[str(n)])
+            budgets = sorted(cells)
+            if not budgets:  # this model was not evaluated at this length
+                continue
+            accs = [[c["char_acc"] for c in cells[b]] for b in budgets]
             shift = 1.05 ** (i - (len(rows) - 1) / 2)  # side by side, so equal lines stay apart
             st = style[label]
             xs = [b * shift for b in budgets]
-            ran = [statistics.mean(e["budgets"][str(b)][str(n)]["passes"] for e in group
-                                   if str(b) in e["budgets"]) for b in budgets]
+            ran = [statistics.mean(c["passes"] for c in cells[b]) for b in budgets]
             halts = any(r < 0.98 * b for b, r in zip(budgets, ran))  # ran fewer than allowed
             said = (f"{label}: halts, ran {ran[0]:.1f} of {budgets[0]} .. {ran[-1]:.1f} of "
                     f"{budgets[-1]} passes (mean)") if halts else label

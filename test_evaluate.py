@@ -90,3 +90,26 @@ def test_a_test_budget_is_block_passes_whatever_a_step_spends(rung, tmp_path):
         with pytest.raises(records.UserError, match="impossible"):
             evaluate.check_test_budgets(model.config, argparse.Namespace(
                 eval_budgets=[k + 1], step_extend="cycle"))
+
+
+def test_the_budget_figure_has_a_panel_per_length_and_a_line_per_model(monkeypatch):
+    pytest.importorskip("matplotlib")
+    saved = []
+    monkeypatch.setattr(evaluate.figures, "save", lambda fig, path: saved.append(fig))
+    at = lambda acc, lengths, b: {str(n): {"char_acc": acc, "passes": b} for n in lengths}
+    entry = lambda name, seed, acc, lengths: {
+        "task": "addition", "name": name, "model": "iter", "seed": seed, "train_budget": 2,
+        "extend": "cycle", "temperature": 0.0, "eval_examples": 8,
+        "budgets": {"1": at(acc, lengths, 1.0), "2": at(acc + 0.25, lengths, 2.0)}}
+    entries = [entry("iter", 1, 0.25, [6]), entry("iter", 2, 0.5, [6]),
+               entry("iter+random_depth", 1, 0.125, [6, 12])]
+    evaluate.plot_budgets(entries, "out", {})
+    six, twelve = saved[0].axes[:2]
+    assert [ax.get_title() for ax in (six, twelve)] == [
+        "addition: thinking longer at test time (L=6)",
+        "addition: thinking longer at test time (L=12)"]
+    means = lambda ax: {ln.get_label(): list(ln.get_ydata()) for ln in ax.get_lines()
+                        if not ln.get_label().startswith("_")}
+    assert means(six) == {"iter (cycle)": [0.375, 0.625],
+                          "iter+random_depth (cycle)": [0.125, 0.375]}
+    assert means(twelve) == {"iter+random_depth (cycle)": [0.125, 0.375]}  # iter: no L=12
