@@ -120,7 +120,7 @@ class Config:
     full_grad: bool = False        # extension: nested rungs backprop through every pass
     deep_supervision: bool = False # extension: loss on every step's y, detached between steps (TRM)
     halt_loss: bool = False        # extension: BCE for ar_trm's halt head on "answer exactly right"
-    random_depth: bool = False     # extension: each training forward runs a drawn depth (Model.depth)
+    random_depth: bool = False     # extension: each training forward draws its depth (Model.depth)
 
     def __post_init__(self):  # what a rung makes of the settings (flags.py checks each alone)
         if self.model not in LADDER:
@@ -138,8 +138,7 @@ class Config:
         if self.halt_loss and self.rung.halting != "binary":
             raise ValueError("halt_loss trains ar_trm's binary halting head; other rungs have none")
         if self.random_depth and not self.rung.tied:
-            raise ValueError("random_depth draws the depth of a tied rung; dense's depth is its "
-                             "parameters")
+            raise ValueError("random_depth draws the depth of a tied rung; dense has none")
 
     @property
     def rung(self):
@@ -283,8 +282,7 @@ class Model(nn.Module):
         if rung.halting:
             self.halt = nn.Linear(d, 1)
         self.ln_f = nn.LayerNorm(d)
-        # not tied to wte; with a bias, as the authors
-        self.lm_head = nn.Linear(d, config.vocab_size)
+        self.lm_head = nn.Linear(d, config.vocab_size)  # not tied to wte; a bias, as the authors
         self.apply(self._init_weights)
         if rung.two_streams:
             nn.init.normal_(self.y_init, std=0.02)
@@ -292,8 +290,7 @@ class Model(nn.Module):
         if rung.halting == "binary":  # TRM's q-head init: starts far from halting
             nn.init.zeros_(self.halt.weight)
             nn.init.constant_(self.halt.bias, -5.0)
-        # (B, T) steps each position ran in the latest forward (see executed passes)
-        self.last_steps = None
+        self.last_steps = None  # (B, T): the steps each position ran in the latest forward
         self.last_n_steps = config.n_steps  # the steps that forward could run at most
 
     def _init_weights(self, module):
@@ -357,9 +354,8 @@ class Model(nn.Module):
     def depth(self):
         """The steps a forward runs unless told: N; with random_depth each training forward
         draws its own as Huginn does (Geiping et al. 2025): 1 + Poisson(lambda), lambda
-        log-normal with mean N - 1, so the mean is N (training compute matches the fixed
-        rung's in expectation) and a heavy tail, cut at max_steps. torch's CPU generator
-        draws it: the seed fixes it and a checkpoint resumes it, on any device."""
+        log-normal of mean N - 1: mean N (the fixed rung's compute, in expectation), a heavy
+        tail cut at max_steps; from torch's CPU generator, so the seed fixes it."""
         c = self.config
         if not (self.training and c.random_depth):
             return c.n_steps

@@ -26,7 +26,8 @@ NON_NEGATIVE = ("warmup_iters", "weight_decay", "grad_clip", "temperature", "thr
                 "ckpt_interval", "ponder_weight")
 AT_MOST_1 = ("halt_explore",)  # a probability
 BELOW_1 = ("dropout",)
-EXTENSIONS = ("full_grad", "deep_supervision", "halt_loss", "random_depth")  # as a model name: ar_trm+full_grad
+# as a model name: ar_trm+full_grad
+EXTENSIONS = ("full_grad", "deep_supervision", "halt_loss", "random_depth")
 
 # The lab's flags (beside every flag of train.py): a request with any of them, or with
 # several runs, is the lab's, handed over whole to the file that takes it.
