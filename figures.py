@@ -12,7 +12,7 @@ import sys
 from artrm import LADDER
 from records import atomic_write
 from report import at_training_length, chance, chance_said, groups, mean_pos_acc, own_runs
-from report import tasks_of
+from report import spent_flops, tasks_of
 
 
 def pyplot():
@@ -62,13 +62,13 @@ def flops_per_token(record):
     """The training FLOPs per token a run spent: as its batches ran (a batch runs until its
     last position halts) where the record counts that, else as its positions ran (older
     records: for a halting rung, less than the batches spent)."""
-    spent = record.get("spent_train_flops_per_token")
+    spent = spent_flops(record)
     return record["executed_train_flops_per_token"] if spent is None else spent
 
 
 def flops_caveat(records):
     """What a FLOPs axis has to say when older records gave flops_per_token's lower count."""
-    counted = all(r.get("spent_train_flops_per_token") is not None for r in records)
+    counted = all(spent_flops(r) is not None for r in records)
     return () if counted else ("halting rungs' FLOPs as their positions ran (batches ran more)",)
 
 

@@ -113,9 +113,19 @@ def quarters(pos_acc):
             for q in range(4)]
 
 
+def spent_flops(record):
+    """The training FLOPs per token a run's batches spent (a batch runs until its last
+    position halts); a rung that never halts spends what it executes, its ceiling, in
+    records older than the count too; None for an older record of a halting rung."""
+    spent = record.get("spent_train_flops_per_token")
+    if spent is None and LADDER[record["model"]].halting is None:
+        return record["executed_train_flops_per_token"]
+    return spent
+
+
 def spent_mflop(records):
     """Training MFLOP per token the batches spent, mean over runs; ? where a record lacks it."""
-    spent = [r.get("spent_train_flops_per_token") for r in records]
+    spent = [spent_flops(r) for r in records]
     return "?" if None in spent else f"{statistics.mean(spent) / 1e6:.2f}"
 
 
