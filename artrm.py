@@ -431,8 +431,8 @@ class Model(nn.Module):
         # but with truncation and a final-only readout (ar_trm) the loss reaches only the
         # step that is read out: its passes alone receive gradient in training.
         c = self.config
-        return self.truncated and c.rung.halting == "binary" and not (c.deep_supervision
-                                                                       or c.halt_loss)
+        every_step = c.deep_supervision or c.halt_loss  # losses that read every step's y
+        return self.truncated and c.rung.halting == "binary" and not every_step
 
     def compute_stats(self, seq_len=None, steps=None):
         """Parameters, block passes per token per forward (at the maximum), how many of

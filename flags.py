@@ -212,10 +212,7 @@ def validate(args):
     configs = {m: model_config(args, m) for m in args.models}
     for task in args.tasks:
         check_fits(task, [args.n_digits] + args.eval_lengths, args.block_size, "--block_size")
-    try:  # a device this machine lacks is refused here (the lab's files: find_device)
-        device = get_device(args.device)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    device = find_device(args.device)  # one that this machine lacks is refused here
     if args.compile and device != "cuda":  # --device auto picks CUDA where there is one
         raise UserError("--compile is offered on CUDA only")
     return configs, device

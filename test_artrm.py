@@ -23,6 +23,7 @@ from resume import RunState, Tally
 PAPER_RUNGS = ("dense", "iter", "iter_step", "ut", "dual_ut", "nested_ut", "ar_trm")
 
 NESTED = [r for r, row in artrm.LADDER.items() if row.nested]  # where the extensions apply
+TIED = [r for r, row in artrm.LADDER.items() if row.tied]  # one shared block; random_depth
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -90,7 +91,7 @@ def test_every_rung_is_causal(rung):
             f"{rung}: token {t + 1} had no effect at all"
 
 
-@pytest.mark.parametrize("rung", [r for r, row in artrm.LADDER.items() if row.tied])
+@pytest.mark.parametrize("rung", TIED)
 def test_shared_block_rungs_have_one_block_whatever_the_budget(rung):
     small, big = Model(tiny(rung, budget=6)), Model(tiny(rung, budget=24))
     assert len(small.blocks) == len(big.blocks) == 1
@@ -414,9 +415,6 @@ def test_extensions_are_refused_where_they_mean_nothing():
         Config(model="nested_ut", halt_loss=True)
     with pytest.raises(ValueError, match="depth of a tied rung"):
         Config(model="dense", random_depth=True)
-
-
-TIED = [r for r, row in artrm.LADDER.items() if row.tied]  # where random_depth applies
 
 
 @pytest.mark.parametrize("rung", TIED)
