@@ -115,11 +115,12 @@ def quarters(pos_acc):
 
 def spent_flops(record):
     """The training FLOPs per token a run's batches spent (a batch runs until its last
-    position halts); a rung that never halts spends what it executes, its ceiling, in
-    records older than the count too; None for an older record of a halting rung."""
+    position halts). A record older than that count still says it where no forward stopped
+    early (every rung that never halts, and halting rungs whose halting never fired): each
+    forward ran the ceiling. None for an older record whose forwards did stop early."""
     spent = record.get("spent_train_flops_per_token")
-    if spent is None and LADDER[record["model"]].halting is None:
-        return record["executed_train_flops_per_token"]
+    if spent is None and record["early_exit_fraction_train"] == 0:
+        return record["train_flops_per_token"]
     return spent
 
 

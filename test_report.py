@@ -57,12 +57,14 @@ def test_the_table_shows_the_flops_spent_where_every_record_of_a_row_holds_them(
 
 
 def test_figures_place_a_run_at_the_flops_its_batches_spent_and_say_when_unknown():
-    new = {"model": "ut", "executed_train_flops_per_token": 2.0, "spent_train_flops_per_token": 5.0}
-    old = {"model": "ut", "executed_train_flops_per_token": 2.0}  # older: positions' steps only
+    old = {"train_flops_per_token": 6.0, "executed_train_flops_per_token": 2.0,
+           "early_exit_fraction_train": 0.1}  # older: positions' steps only
+    new = {**old, "spent_train_flops_per_token": 5.0}
     assert figures.flops_per_token(new) == 5.0 and figures.flops_per_token(old) == 2.0
     assert figures.flops_caveat([new, new]) == ()
     assert "positions" in figures.flops_caveat([new, old])[0]  # one older record: said
-    assert figures.flops_caveat([new, {**old, "model": "dense"}]) == ()  # never halts: known
+    never = {**old, "early_exit_fraction_train": 0.0}  # no forward stopped early: known
+    assert figures.flops_caveat([new, never]) == ()
 
 
 def test_plot_without_matplotlib_says_how_to_install_it(tmp_path, monkeypatch, capsys):
@@ -95,10 +97,14 @@ def test_report_over_an_experiment_of_several_grids_keeps_their_rows_apart(tmp_p
     assert len(results(tmp_path)) == 2
 
 
-def test_flops_spent_are_the_batches_count_and_a_rung_that_never_halts_spends_its_ceiling():
-    older = {"executed_train_flops_per_token": 3.0}  # a record from before batches were counted
-    assert report.spent_flops({**older, "model": "iter"}) == 3.0  # runs its budget every time
-    assert report.spent_flops({**older, "model": "ut"}) is None  # unknown: batches ran more
-    counted = {**older, "model": "ut", "spent_train_flops_per_token": 3.5}
+def test_flops_spent_are_the_batches_count_and_a_run_that_never_stopped_early_spent_its_ceiling():
+    # records from before batches were counted: executed is what the positions needed
+    never = {"train_flops_per_token": 4.0, "executed_train_flops_per_token": 4.0,
+             "early_exit_fraction_train": 0.0}  # e.g. iter, or ar_trm whose head never fires
+    assert report.spent_flops(never) == 4.0
+    older = {"train_flops_per_token": 4.0, "executed_train_flops_per_token": 3.0,
+             "early_exit_fraction_train": 0.05}
+    assert report.spent_flops(older) is None  # unknown: some batches ran more than 3.0
+    counted = {**older, "spent_train_flops_per_token": 3.5}
     assert report.spent_flops(counted) == 3.5
-    assert report.spent_mflop([counted, {**older, "model": "ut"}]) == "?"
+    assert report.spent_mflop([counted, older]) == "?"
