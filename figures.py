@@ -60,8 +60,8 @@ def suptitle(fig, out_dir, records, *more):
 
 def flops_per_token(record):
     """The training FLOPs per token a run spent: as its batches ran (a batch runs until its
-    last position halts) where the record counts that, else as its positions ran (older
-    records: for a halting rung, less than the batches spent)."""
+    last position halts) as report.spent_flops knows it, else as its positions ran (an older
+    record whose forwards stopped early: less than its batches spent)."""
     spent = spent_flops(record)
     return record["executed_train_flops_per_token"] if spent is None else spent
 
