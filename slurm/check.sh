@@ -15,8 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 T0=$SECONDS
 # The runs: the laptop preset, shrunk. The time-limit run must outlast the signal, which
-# Slurm sends 30-60 s after the task starts (--time=2 with @60: it looks every 30 s);
-# 13000 iterations take 70-90 s on a core of the 2-core AMD EPYC of CI, so it stops between.
+# Slurm sends about 30 s after the task starts (--time=2 with @90), once train.py is running;
+# 13000 iterations take 60-90 s on a core of the 2-core AMD EPYC of CI, so it stops between.
+# (With @60 the signal came at 59-60 s, and an idle core once finished first.)
 TINY=(--preset laptop --n_embd 16 --n_head 2 --budget 6 --n_digits 3 --block_size 24
       --batch_size 8 --eval_lengths 3 --eval_examples 8 --eval_interval 1000
       --log_interval 1000 --task copy)
@@ -169,11 +170,11 @@ fi
 work=$(mktemp -d "$PWD/out-slurm-check.XXXXXX")  # in the repository: the nodes see it too
 
 # The time-limit task first, so that it has a CPU from the start.
-submit --array=0 --time=2 --signal=B:TERM@60 -- --model dense "${LONG[@]}"
+submit --array=0 --time=2 --signal=B:TERM@90 -- --model dense "${LONG[@]}"
 long=${submitted[-1]}
 submit --array=0-1 --time=15 -- --model iter,ut "${SHORT[@]}"
 short=${submitted[-1]}
-say "submitted slurm/paper.sbatch twice: job $long (1 task, --time=2 --signal=B:TERM@60," \
+say "submitted slurm/paper.sbatch twice: job $long (1 task, --time=2 --signal=B:TERM@90," \
     "--model dense ${LONG[*]}) and job $short (tasks 0-1, --model iter,ut ${SHORT[*]})"
 # The same runs in one go, at the allocation's 1 thread, while the jobs run.
 one_go() {
