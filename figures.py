@@ -12,7 +12,7 @@ import sys
 from artrm import LADDER
 from records import atomic_write
 from report import at_training_length, chance, chance_said, groups, mean_pos_acc, own_runs
-from report import spent_flops, tasks_of
+from report import spent_floor, spent_flops, tasks_of
 
 
 def pyplot():
@@ -60,16 +60,16 @@ def suptitle(fig, out_dir, records, *more):
 
 def flops_per_token(record):
     """The training FLOPs per token a run spent: as its batches ran (a batch runs until its
-    last position halts) as report.spent_flops knows it, else as its positions ran (an older
-    record whose forwards stopped early: less than its batches spent)."""
+    last position halts) as report.spent_flops knows it, else what it spent at least (an
+    older record whose forwards stopped early: report.spent_floor)."""
     spent = spent_flops(record)
-    return record["executed_train_flops_per_token"] if spent is None else spent
+    return spent_floor(record) if spent is None else spent
 
 
 def flops_caveat(records):
-    """What a FLOPs axis has to say when older records gave flops_per_token's lower count."""
+    """What a FLOPs axis has to say when older records gave flops_per_token's lower bound."""
     counted = all(spent_flops(r) is not None for r in records)
-    return () if counted else ("halting rungs' FLOPs as their positions ran (batches ran more)",)
+    return () if counted else ("some halting runs at the FLOPs they spent at least",)
 
 
 def chance_line(ax, tasks_here, label=False):

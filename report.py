@@ -124,10 +124,19 @@ def spent_flops(record):
     return spent
 
 
+def spent_floor(record):
+    """What a run spent at least, where spent_flops does not know: every forward that did not
+    stop early ran the ceiling, and a batch runs at least as long as its positions needed."""
+    ran_ceiling = (1 - record["early_exit_fraction_train"]) * record["train_flops_per_token"]
+    return max(record["executed_train_flops_per_token"], ran_ceiling)
+
+
 def spent_mflop(records):
-    """Training MFLOP per token the batches spent, mean over runs; ? where a record lacks it."""
+    """Training MFLOP per token the batches spent, mean over runs; ≥ the mean of what they
+    spent at least where a record lacks the count."""
     spent = [spent_flops(r) for r in records]
-    return "?" if None in spent else f"{statistics.mean(spent) / 1e6:.2f}"
+    floors = [spent_floor(r) if s is None else s for r, s in zip(records, spent)]
+    return f"{'≥' if None in spent else ''}{statistics.mean(floors) / 1e6:.2f}"
 
 
 def table_rows(records):
