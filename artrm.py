@@ -177,7 +177,8 @@ class FinalReadout:
 class ACTReadout:
     """Rungs 4-6: Graves-style ACT per position (as in the Universal Transformer), as
     the authors compute it. A position halts once its cumulative halting probability
-    plus this step's p reaches HALT_THRESHOLD, and adds its remainder (1 - cum). At the
+    plus this step's p reaches the model's halt_threshold (trained at HALT_THRESHOLD), and
+    adds its remainder (1 - cum). At the
     last step a position still running adds p and then 1 - cum, cum now including p
     (so its remainder, in the ponder cost, is what is left after p). Halted positions
     are still computed (others attend to them), they just stop adding to the output.
@@ -185,7 +186,7 @@ class ACTReadout:
     head_flops = staticmethod(lambda d, T: 2 * d)  # the halting unit at every position
 
     def __init__(self, model, y, n_steps):
-        self.halt, self.n_steps = model.halt, n_steps
+        self.halt, self.n_steps, self.threshold = model.halt, n_steps, model.halt_threshold
         B, T, _ = y.shape
         self.halted = torch.zeros(B, T, dtype=torch.bool, device=y.device)
         self.cum = torch.zeros(B, T, device=y.device)     # cumulative halting probability
@@ -196,7 +197,7 @@ class ACTReadout:
     def update(self, y, t):
         p = torch.sigmoid(self.halt(y)).squeeze(-1)                             # (B, T)
         running = ~self.halted
-        halting = running & (self.cum + p >= HALT_THRESHOLD)
+        halting = running & (self.cum + p >= self.threshold)
         going = running & ~halting                       # still running after this step
         # a halting position adds what is left
         self.rem = torch.where(halting, 1 - self.cum, self.rem)
@@ -292,6 +293,7 @@ class Model(nn.Module):
             nn.init.constant_(self.halt.bias, -5.0)
         self.last_steps = None  # (B, T): the steps each position ran in the latest forward
         self.last_n_steps = config.n_steps  # the steps that forward could run at most
+        self.halt_threshold = HALT_THRESHOLD  # ACT's; evaluate.py --eval_thresholds moves it
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):

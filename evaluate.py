@@ -1,14 +1,16 @@
 """
 Evaluate saved checkpoints again, with each one's own config: at new lengths, sampled,
-or thinking longer or shorter at test time (a tied rung run for another number of steps).
+or thinking longer or shorter at test time (a tied rung run for another number of steps,
+or an ACT rung halting at another threshold).
 
     python evaluate.py --model ut --task addition --eval_lengths 6,8  # reads out/<run>/ckpt.pt
     python evaluate.py --ckpt out/addition_ut_s1337/ckpt.pt --temperature 1
     python evaluate.py --model iter,ut --task addition --seeds 3 --eval_budgets 3,6,12,24
+    python evaluate.py --model ut --task addition --eval_thresholds 0.3,0.9,0.999999
 
 (`python train.py --eval_only` with the same flags hands them over to this file.) With
 --eval_budgets, each run's results go to test_budgets.json beside its checkpoint, a record
-of its own that the report reads.
+of its own that the report reads; with --eval_thresholds, to test_thresholds.json.
 """
 
 import os
@@ -22,7 +24,7 @@ import flags
 import report
 import resume
 import train
-from artrm import Config, Model
+from artrm import HALT_THRESHOLD, Config, Model
 from machine import cpu_threads
 from records import UserError, code_version, run_name, write_json
 from train import evaluate
@@ -33,12 +35,16 @@ EXTEND = {  # --step_extend: what a tied rung run past its trained steps adds at
 }
 
 
-def budgets_of(value):
+def budgets_of(value, flag="--eval_budgets", kind=int, what="whole numbers"):
     try:
-        return [int(s) for s in str(value).split(",") if s.strip()]
+        return [kind(s) for s in str(value).split(",") if s.strip()]
     except ValueError:
-        raise UserError("--eval_budgets takes a comma list of whole numbers, "
-                        f"got {value!r}") from None
+        raise UserError(f"{flag} takes a comma list of {what}, got {value!r}") from None
+
+
+def name_of(config):
+    """The model as --model names it: the rung and its extensions (ut+random_depth)."""
+    return "+".join([config.model] + [e for e in flags.EXTENSIONS if getattr(config, e)])
 
 
 def check_test_budgets(config, args, where=""):
@@ -55,6 +61,16 @@ def check_test_budgets(config, args, where=""):
             raise UserError(f"{where}--eval_budgets {b}: {e}") from None
 
 
+def check_thresholds(config, thresholds, where=""):
+    """A halting threshold moves ACT's halting: the rung must have it."""
+    if thresholds and config.rung.halting != "act":
+        raise UserError(f"{where}--eval_thresholds: {config.model} has no ACT halting "
+                        "(ut, dual_ut and nested_ut have)")
+    for t in thresholds:
+        if not 0 < t <= 1:
+            raise UserError(f"{where}--eval_thresholds must each be in (0, 1], got {t}")
+
+
 def evaluate_budgets(model, task, seed, args, device, checkpoint, iters):
     """Evaluate a trained tied rung at each test budget and write what it gave, whole, to
     test_budgets.json beside the checkpoint."""
@@ -67,13 +83,32 @@ def evaluate_budgets(model, task, seed, args, device, checkpoint, iters):
             f"L={n} char_acc {r['char_acc']:.3f} seq_acc {r['seq_acc']:.3f} "
             f"passes {r['passes']:.1f}"
             for n, r in at.items()))
-    name = "+".join([c.model] + [e for e in flags.EXTENSIONS if getattr(c, e)])
     write_json(os.path.join(os.path.dirname(checkpoint), "test_budgets.json"), {
-        "task": task, "name": name, "model": c.model, "seed": seed, "checkpoint": checkpoint,
+        "task": task, "name": name_of(c), "model": c.model, "seed": seed, "checkpoint": checkpoint,
         "iters": iters, "train_budget": c.budget, "extend": args.step_extend,
         "temperature": args.temperature, "eval_examples": args.eval_examples, "budgets": budgets,
         "code": code_version()})
     return budgets
+
+def evaluate_thresholds(model, task, seed, args, device, checkpoint, iters):
+    """Evaluate a trained ACT rung at each halting threshold (its trained budget) and write
+    what it gave, whole, to test_thresholds.json beside the checkpoint: a lower threshold
+    halts a position sooner, and spent_passes is what the batch then ran."""
+    c, thresholds = model.config, {}
+    for t in args.eval_thresholds:
+        model.halt_threshold = t
+        thresholds[str(t)] = at = evaluate(model, task, args.eval_lengths, args.eval_examples,
+                                           device, args.temperature)
+        print(f"halting threshold {t:g} (trained at {HALT_THRESHOLD:g}): " + " | ".join(
+            f"L={n} char_acc {r['char_acc']:.3f} seq_acc {r['seq_acc']:.3f} "
+            f"passes {r['passes']:.1f} spent {r['spent_passes']:.1f}" for n, r in at.items()))
+    model.halt_threshold = HALT_THRESHOLD
+    write_json(os.path.join(os.path.dirname(checkpoint), "test_thresholds.json"), {
+        "task": task, "name": name_of(c), "model": c.model, "seed": seed,
+        "checkpoint": checkpoint, "iters": iters, "budget": c.budget,
+        "train_threshold": HALT_THRESHOLD, "temperature": args.temperature,
+        "eval_examples": args.eval_examples, "thresholds": thresholds, "code": code_version()})
+    return thresholds
 
 # -----------------------------------------------------------------------------
 # The view of test_budgets.json: its tables (printed, and in results.md) and its figure.
@@ -204,6 +239,8 @@ def main(argv=None):
         args = flags.parse_args(argv, train.SETTINGS, train.PRESETS, __doc__,
                                 lab={"evaluate.py": flags.EVALUATE})
         args.eval_budgets = budgets_of(args.eval_budgets)
+        args.eval_thresholds = budgets_of(args.eval_thresholds, "--eval_thresholds", float,
+                                          "numbers")
         device = flags.find_device(args.device)
         torch.set_num_threads(args.threads or cpu_threads())
         runs = flags.plan(args)
@@ -217,6 +254,7 @@ def main(argv=None):
             flags.check_fits(task, args.eval_lengths, model.config.block_size,
                              "the checkpoint's block_size")
             check_test_budgets(model.config, args, f"{path}: ")
+            check_thresholds(model.config, args.eval_thresholds, f"{path}: ")
             checked.append((path, ckpt, task, ckpt.get("seed", seed), model))
         for path, ckpt, task, seed, model in checked:
             print(f"{path}: {model.config.model} on {task}, iter {ckpt['iter']}")
@@ -227,6 +265,8 @@ def main(argv=None):
                       f"pos_acc {' '.join(f'{v:.2f}' for v in r['pos_acc'])}")
             if args.eval_budgets:
                 evaluate_budgets(model, task, seed, args, device, path, ckpt["iter"])
+            if args.eval_thresholds:
+                evaluate_thresholds(model, task, seed, args, device, path, ckpt["iter"])
         return 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

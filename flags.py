@@ -49,6 +49,8 @@ EVALUATE = dict(  # its lengths, examples and temperature are train.py's flags
     eval_budgets=("", "comma list of test-time budgets to evaluate tied rungs at "
                   "(think longer or shorter)"),
     step_extend=("cycle", "step embeddings past the trained steps: cycle (the authors') or last"),
+    eval_thresholds=("", "comma list of ACT halting thresholds in (0, 1] to evaluate ut, dual_ut "
+                     "and nested_ut at (trained at 1 - 1e-6: halt sooner)"),
     eval_only=(False, "evaluate saved checkpoints again: evaluate.py"),
 )
 LAB = {"grid.py": GRID, "evaluate.py": EVALUATE}

@@ -113,3 +113,53 @@ def test_the_budget_figure_has_a_panel_per_length_and_a_line_per_model(monkeypat
     assert means(six) == {"iter (cycle)": [0.375, 0.625],
                           "iter+random_depth (cycle)": [0.125, 0.375]}
     assert means(twelve) == {"iter+random_depth (cycle)": [0.125, 0.375]}  # iter: no L=12
+
+
+@pytest.mark.parametrize("rung", [r for r, row in artrm.LADDER.items() if row.halting == "act"])
+def test_a_lower_halting_threshold_halts_sooner_and_the_trained_one_is_the_normal_evaluation(
+        rung, tmp_path):
+    torch.manual_seed(0)
+    model = Model(tiny(rung, budget=24)).eval()
+    k, n_steps = model.config.passes_per_step, model.config.n_steps
+    normal = train.evaluate(model, "copy", [3], 8, "cpu")
+    with torch.no_grad():  # every position's p is 0.3 at every step: it halts at ceil(t / 0.3)
+        model.halt.weight.zero_()
+        model.halt.bias.fill_(torch.logit(torch.tensor(0.3)).item())
+    args = argparse.Namespace(eval_thresholds=[0.25, 0.5, 0.8, artrm.HALT_THRESHOLD],
+                              eval_lengths=[3], eval_examples=8, temperature=0.0)
+    got = evaluate.evaluate_thresholds(model, "copy", 1, args, "cpu", str(tmp_path / "c.pt"), 0)
+    ran = {t: (r["3"]["passes"], r["3"]["spent_passes"]) for t, r in got.items()}
+    assert ran == {str(t): (min(s, n_steps) * k,) * 2
+                   for t, s in zip(args.eval_thresholds, [1, 2, 3, 4])}
+    assert model.halt_threshold == artrm.HALT_THRESHOLD  # put back after
+    saved = json.loads((tmp_path / "test_thresholds.json").read_text())
+    assert (saved["name"], saved["budget"], saved["thresholds"]) == (rung, 24, got)
+    torch.manual_seed(0)
+    model = Model(tiny(rung, budget=24)).eval()  # as before: the trained threshold changes nothing
+    again = evaluate.evaluate_thresholds(model, "copy", 1, argparse.Namespace(
+        **{**vars(args), "eval_thresholds": [artrm.HALT_THRESHOLD]}), "cpu",
+        str(tmp_path / "c.pt"), 0)
+    assert again[str(artrm.HALT_THRESHOLD)] == normal
+
+
+def test_a_batch_spends_the_steps_of_its_last_position_to_halt():
+    torch.manual_seed(0)
+    model = Model(tiny("ut", budget=12)).eval()
+    with torch.no_grad():  # halting that differs from position to position
+        model.halt.weight.normal_(0, 1.0)
+    r = train.evaluate(model, "copy", [3], 8, "cpu")["3"]
+    assert r["passes"] < r["spent_passes"] <= 12
+    dense = train.evaluate(Model(tiny("dense", budget=6)), "copy", [3], 8, "cpu")["3"]
+    assert dense["passes"] == dense["spent_passes"] == 6
+
+
+@pytest.mark.parametrize("rung", [r for r, row in artrm.LADDER.items() if row.halting != "act"])
+def test_a_halting_threshold_is_refused_for_a_rung_without_act_and_outside_0_1(rung):
+    with pytest.raises(records.UserError, match=f"{rung} has no ACT halting"):
+        evaluate.check_thresholds(tiny(rung, budget=24), [0.5])
+    evaluate.check_thresholds(tiny(rung, budget=24), [])  # none asked: nothing to refuse
+    for bad in (0.0, 1.5, -0.2):
+        with pytest.raises(records.UserError, match="must each be in \\(0, 1\\]"):
+            evaluate.check_thresholds(tiny("ut", budget=24), [bad])
+    with pytest.raises(records.UserError, match="--eval_thresholds takes a comma list of numbers"):
+        evaluate.budgets_of("0.5,x", "--eval_thresholds", float, "numbers")

@@ -97,12 +97,14 @@ def eval_set(task, n_digits, n_examples, device):
 @torch.no_grad()
 def evaluate(model, task, lengths, n_examples, device, temperature=0.0, show=0, n_steps=None,
              extend="cycle"):
-    """Per length: char_acc, seq_acc, accuracy by answer position and the block passes
-    executed per token, greedy (or sampled) on the fixed examples. n_steps: see Model.forward."""
+    """Per length: char_acc, seq_acc, accuracy by answer position and the block passes per
+    token (passes: as its positions ran; spent_passes: as the batch ran, each forward until its
+    last position halted), greedy (or sampled) on the fixed examples. n_steps: Model.forward."""
     was_training, c = model.training, model.config
     model.eval()
     results, steps = {}, []  # steps: the executed steps per position of every decoding forward
-    hook = model.register_forward_hook(lambda m, i, o: steps.append(m.last_steps.mean()))
+    hook = model.register_forward_hook(lambda m, i, o: steps.append(m.last_steps))
+    per_forward = lambda reduce: float(torch.stack([reduce(s) for s in steps]).mean())
     for n in lengths:
         ex = eval_set(task, n, n_examples, device)
         P, A = tasks.prompt_len(task, n), tasks.answer_len(task, n)
@@ -114,7 +116,9 @@ def evaluate(model, task, lengths, n_examples, device, temperature=0.0, show=0, 
         results[str(n)] = {"char_acc": right.float().mean().item(),
                            "seq_acc": right.all(1).float().mean().item(),
                            "pos_acc": [round(v, 4) for v in right.float().mean(0).tolist()],
-                           "passes": float(torch.stack(steps).mean()) * c.passes_per_step}
+                           "passes": per_forward(torch.mean) * c.passes_per_step,
+                           # what the batch ran: each forward until its last position halted
+                           "spent_passes": per_forward(torch.max) * c.passes_per_step}
         for i in torch.nonzero(~right.all(1)).flatten()[:show].tolist():
             said, truth = (tasks.decode(t).replace("\n", "⏎")
                            for t in (out[i, P:P + A], ex[i, P:P + A]))
