@@ -4,6 +4,7 @@ its folders in order, every link resolves and every flag named exists, the front
 short, and every committed figure is linked."""
 
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -84,12 +85,16 @@ def test_the_open_question_notes_tables_are_what_the_committed_records_say(folde
 TOWARD_PAPER = "# From the laptop toward the paper's setting"
 
 
+def load_script(folder, name):
+    """An experiment's own script (results/<folder>/<name>) as a module."""
+    spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(RESULTS, folder, name))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
 def load_sweep():
-    path = os.path.join(RESULTS, "toward_paper", "sweep.py")
-    spec = importlib.util.spec_from_file_location("sweep", path)
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
-    return sweep
+    return load_script("toward_paper", "sweep.py")
 
 
 def test_the_notes_of_the_steps_toward_the_paper_are_what_the_committed_records_say():
@@ -121,6 +126,24 @@ def test_the_notes_of_the_steps_toward_the_paper_are_what_the_committed_records_
                 assert prior.action == "skip", path
                 covered.add(path)
     assert covered == set(recs)
+
+
+def test_the_notes_of_halting_at_test_time_are_what_test_thresholds_json_says():
+    thresholds = load_script("random_depth", "thresholds.py")
+    out_dir = os.path.join(RESULTS, "random_depth")
+    entries = thresholds.read_entries(out_dir)
+    assert sorted({e["name"] for e in entries}) == ["dual_ut", "dual_ut+random_depth", "ut",
+                                                   "ut+random_depth"]
+    assert len(entries) == 12 and all(len(e["thresholds"]) >= 4 for e in entries)
+    notes = open(os.path.join(out_dir, "README.md")).read()
+    assert report.format_table(*thresholds.table(entries), markdown=True) in notes
+    for e in entries:  # the trained threshold is the trained budget's own evaluation
+        budgets = os.path.join(os.path.dirname(e["checkpoint"]), "test_budgets.json")
+        with open(os.path.join(HERE, budgets)) as f:
+            at_budget = json.load(f)["budgets"][str(e["budget"])]
+        trained = e["thresholds"][str(e["train_threshold"])]
+        assert {n: r["char_acc"] for n, r in trained.items()} == \
+            {n: r["char_acc"] for n, r in at_budget.items()}, e["checkpoint"]
 
 
 def test_the_notes_of_the_paper_setting_are_what_its_records_say():

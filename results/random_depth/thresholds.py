@@ -29,17 +29,19 @@ def read_entries(out_dir):
 
 
 def curves(entries):
-    """{(name, length): {threshold: (each seed's char_acc, mean passes, mean spent_passes)}},
-    names in ladder order, thresholds from the lowest."""
+    """{(name, length): {threshold: [each seed's results]}}, names in ladder order,
+    thresholds from the lowest."""
     out = {}
     key = lambda e: (report.order_key(e["name"]), e["seed"])
     for e in sorted(entries, key=key):
         for t, at in e["thresholds"].items():
             for n, r in at.items():
                 out.setdefault((e["name"], int(n)), {}).setdefault(float(t), []).append(r)
-    return {k: {t: ([r["char_acc"] for r in rs], statistics.mean(r["passes"] for r in rs),
-                    statistics.mean(r["spent_passes"] for r in rs))
-                for t, rs in sorted(v.items())} for k, v in out.items()}
+    return {k: dict(sorted(v.items())) for k, v in out.items()}
+
+
+def mean(rs, key):
+    return statistics.mean(r[key] for r in rs)
 
 
 def table(entries):
@@ -51,10 +53,10 @@ def table(entries):
     rows = []
     for (name, n), v in sorted(got.items(), key=lambda kv: (kv[0][1],
                                                             report.order_key(kv[0][0]))):
-        seeds = len(next(iter(v.values()))[0])
+        seeds = len(next(iter(v.values())))
         rows.append([name, str(n), str(seeds)] + [
-            f"{report.pm(v[t][0])} ({v[t][1]:.1f}/{v[t][2]:.1f})" if t in v else ""
-            for t in thresholds])
+            f"{report.pm(r['char_acc'] for r in v[t])} ({mean(v[t], 'passes'):.1f}/"
+            f"{mean(v[t], 'spent_passes'):.1f})" if t in v else "" for t in thresholds])
     return header, rows
 
 
@@ -74,15 +76,16 @@ def plot(entries, trained, out_dir, plt):
                 v = got.get((name, n))
                 if not v:
                     continue
-                xs = [p if which == "passes" else s for _, p, s in v.values()]
-                ax.plot(xs, [statistics.mean(a) for a, _, _ in v.values()], alpha=0.85,
-                        label=name, **style[name])
-                for x, (a, _, _) in zip(xs, v.values()):
-                    ax.scatter([x] * len(a), a, s=10, color=style[name]["color"], alpha=0.6)
+                ax.plot([mean(rs, which) for rs in v.values()],
+                        [mean(rs, "char_acc") for rs in v.values()], alpha=0.85, label=name,
+                        **style[name])
+                seeds = [r for rs in v.values() for r in rs]  # each at its own passes
+                ax.scatter([r[which] for r in seeds], [r["char_acc"] for r in seeds], s=10,
+                           color=style[name]["color"], alpha=0.6)
             figures.chance_line(ax, ["addition"])
             ax.set(title=f"addition L={n}: char_acc against the passes {said}",
                    xlabel=f"block passes per token, {said} (one point per threshold)",
-                   ylabel="char_acc (line: mean; dots: each seed)", ylim=(0, 1.02),
+                   ylabel="char_acc (line: mean of seeds; dots: each seed)", ylim=(0, 1.02),
                    xlim=(0, 1.04 * max(e["budget"] for e in entries)))
     thresholds = sorted({float(t) for e in entries for t in e["thresholds"]})
     evaluated = {f"{e['eval_examples']} examples in one batch, greedy" for e in entries}
