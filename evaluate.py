@@ -25,7 +25,7 @@ import report
 import resume
 import train
 from artrm import HALT_THRESHOLD, Config, Model
-from machine import cpu_threads
+from machine import cpu_threads, get_device
 from records import UserError, code_version, run_name, write_json
 from train import evaluate
 
@@ -241,7 +241,7 @@ def main(argv=None):
         args.eval_budgets = budgets_of(args.eval_budgets)
         args.eval_thresholds = budgets_of(args.eval_thresholds, "--eval_thresholds", float,
                                           "numbers")
-        device = flags.find_device(args.device)
+        device = get_device(args.device, UserError)
         torch.set_num_threads(args.threads or cpu_threads())
         runs = flags.plan(args)
         own = [os.path.join(args.out_dir, run_name(*run), "ckpt.pt") for run in runs]

@@ -187,14 +187,6 @@ def model_config(args, name):
         raise UserError(said) from None
 
 
-def find_device(name):
-    """get_device's answer, or its refusal as one line."""
-    try:
-        return get_device(name)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-
-
 def validate(args):
     """Check every setting before any work, so that bad input never costs a run or a file;
     ({model name: its Config}, the device): each built and found here, once."""
@@ -214,7 +206,7 @@ def validate(args):
     configs = {m: model_config(args, m) for m in args.models}
     for task in args.tasks:
         check_fits(task, [args.n_digits] + args.eval_lengths, args.block_size, "--block_size")
-    device = find_device(args.device)  # one that this machine lacks is refused here
+    device = get_device(args.device, UserError)  # one that this machine lacks is refused here
     if args.compile and device != "cuda":  # --device auto picks CUDA where there is one
         raise UserError("--compile is offered on CUDA only")
     return configs, device

@@ -12,17 +12,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def get_device(name):
-    """The device name asks for (auto: cuda, then mps, then cpu); ValueError if there is none."""
+def get_device(name, refuse=ValueError):
+    """The device name asks for (auto: cuda, then mps, then cpu); raises refuse(message) where
+    there is none (the flags pass their UserError: one line to the user)."""
     mps = getattr(torch.backends, "mps", None)
     available = {"cpu": True, "cuda": torch.cuda.is_available(),
                  "mps": bool(mps and mps.is_available())}
     if name == "auto":
         return next(d for d in ("cuda", "mps", "cpu") if available[d])
     if name not in available:
-        raise ValueError(f"unknown device {name!r}; choose from auto, cpu, cuda, mps")
+        raise refuse(f"unknown device {name!r}; choose from auto, cpu, cuda, mps")
     if not available[name]:
-        raise ValueError(f"device {name} is not available on this machine")
+        raise refuse(f"device {name} is not available on this machine")
     return name
 
 

@@ -26,6 +26,7 @@ import flags
 import resume
 import tasks
 import train
+from machine import get_device
 from records import UserError
 
 
@@ -137,7 +138,7 @@ def main(argv=None):
         ckpt = resume.load_checkpoint(args.ckpt, resume.MODEL_KEYS)
         if "task" not in ckpt:
             raise UserError(f"{args.ckpt} does not say which task it was trained on")
-        device = flags.find_device(args.device)
+        device = get_device(args.device, UserError)
         model = evaluate.restore_model(ckpt, args.ckpt, device).eval()
         task = ckpt["task"]
         g = torch.Generator(device=device).manual_seed(args.seed)
