@@ -178,11 +178,10 @@ class ACTReadout:
     """Rungs 4-6: Graves-style ACT per position (as in the Universal Transformer), as
     the authors compute it. A position halts once its cumulative halting probability
     plus this step's p reaches the model's halt_threshold (trained at HALT_THRESHOLD), and
-    adds its remainder (1 - cum). At the
-    last step a position still running adds p and then 1 - cum, cum now including p
-    (so its remainder, in the ponder cost, is what is left after p). Halted positions
-    are still computed (others attend to them), they just stop adding to the output.
-    The caller exits early only when the whole batch has halted."""
+    adds its remainder (1 - cum). At the last step a position still running adds p and
+    then 1 - cum, cum now including p (so its remainder, in the ponder cost, is what is
+    left after p). Halted positions are still computed (others attend to them), they just
+    stop adding to the output. The caller exits early only when the whole batch has halted."""
     head_flops = staticmethod(lambda d, T: 2 * d)  # the halting unit at every position
 
     def __init__(self, model, y, n_steps):

@@ -35,7 +35,8 @@ EXTEND = {  # --step_extend: what a tied rung run past its trained steps adds at
 }
 
 
-def budgets_of(value, flag="--eval_budgets", kind=int, what="whole numbers"):
+def comma_list(value, flag="--eval_budgets", kind=int, what="whole numbers"):
+    """The values of a comma-list flag (--eval_budgets, --eval_thresholds), each a kind."""
     try:
         return [kind(s) for s in str(value).split(",") if s.strip()]
     except ValueError:
@@ -89,6 +90,7 @@ def evaluate_budgets(model, task, seed, args, device, checkpoint, iters):
         "temperature": args.temperature, "eval_examples": args.eval_examples, "budgets": budgets,
         "code": code_version()})
     return budgets
+
 
 def evaluate_thresholds(model, task, seed, args, device, checkpoint, iters):
     """Evaluate a trained ACT rung at each halting threshold (its trained budget) and write
@@ -238,8 +240,8 @@ def main(argv=None):
     try:
         args = flags.parse_args(argv, train.SETTINGS, train.PRESETS, __doc__,
                                 lab={"evaluate.py": flags.EVALUATE})
-        args.eval_budgets = budgets_of(args.eval_budgets)
-        args.eval_thresholds = budgets_of(args.eval_thresholds, "--eval_thresholds", float,
+        args.eval_budgets = comma_list(args.eval_budgets)
+        args.eval_thresholds = comma_list(args.eval_thresholds, "--eval_thresholds", float,
                                           "numbers")
         device = get_device(args.device, UserError)
         torch.set_num_threads(args.threads or cpu_threads())

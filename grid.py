@@ -71,7 +71,7 @@ def validate(args):
     if args.flops_match:
         flags.model_config(args, flags.expand(args.flops_match, LADDER, "model")[0])
     budgets = argparse.Namespace(**{**vars(args),
-                                    "eval_budgets": evaluate.budgets_of(args.eval_budgets)})
+                                    "eval_budgets": evaluate.comma_list(args.eval_budgets)})
     for config in configs.values():
         evaluate.check_test_budgets(config, budgets)
     return configs, device

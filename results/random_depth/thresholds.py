@@ -87,10 +87,12 @@ def plot(entries, trained, out_dir, plt):
                    xlabel=f"block passes per token, {said} (one point per threshold)",
                    ylabel="char_acc (line: mean of seeds; dots: each seed)", ylim=(0, 1.02),
                    xlim=(0, 1.04 * max(e["budget"] for e in entries)))
-    thresholds = sorted({float(t) for e in entries for t in e["thresholds"]})
-    evaluated = {f"{e['eval_examples']} examples in one batch, greedy" for e in entries}
-    figures.suptitle(fig, out_dir, trained, f"ACT halting thresholds {', '.join(map(str, thresholds))}"
-                     f" (trained at {entries[0]['train_threshold']})", *sorted(evaluated))
+    thresholds = ", ".join(map(str, sorted({float(t) for e in entries for t in e["thresholds"]})))
+    evaluated = {f"{e['eval_examples']} examples in one batch, "
+                 + (f"temperature {e['temperature']}" if e["temperature"] else "greedy")
+                 for e in entries}
+    figures.suptitle(fig, out_dir, trained, f"ACT halting thresholds {thresholds} (trained at "
+                     f"{entries[0]['train_threshold']})", *sorted(evaluated))
     axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     fig.tight_layout()
     figures.save(fig, os.path.join(out_dir, "thresholds.png"))
