@@ -43,9 +43,15 @@ def comma_list(value, flag="--eval_budgets", kind=int, what="whole numbers"):
         raise UserError(f"{flag} takes a comma list of {what}, got {value!r}") from None
 
 
-def name_of(config):
-    """The model as --model names it: the rung and its extensions (ut+random_depth)."""
-    return "+".join([config.model] + [e for e in flags.EXTENSIONS if getattr(config, e)])
+def write_beside(checkpoint, filename, model, task, seed, iters, args, **what):
+    """Write a test-time evaluation, whole, to filename beside checkpoint: the run it
+    evaluated (its model as --model names it, e.g. ut+random_depth), how, and what (what)."""
+    c = model.config
+    name = "+".join([c.model] + [e for e in flags.EXTENSIONS if getattr(c, e)])
+    write_json(os.path.join(os.path.dirname(checkpoint), filename), {
+        "task": task, "name": name, "model": c.model, "seed": seed, "checkpoint": checkpoint,
+        "iters": iters, **what, "temperature": args.temperature,
+        "eval_examples": args.eval_examples, "code": code_version()})
 
 
 def check_test_budgets(config, args, where=""):
@@ -84,11 +90,8 @@ def evaluate_budgets(model, task, seed, args, device, checkpoint, iters):
             f"L={n} char_acc {r['char_acc']:.3f} seq_acc {r['seq_acc']:.3f} "
             f"passes {r['passes']:.1f}"
             for n, r in at.items()))
-    write_json(os.path.join(os.path.dirname(checkpoint), "test_budgets.json"), {
-        "task": task, "name": name_of(c), "model": c.model, "seed": seed, "checkpoint": checkpoint,
-        "iters": iters, "train_budget": c.budget, "extend": args.step_extend,
-        "temperature": args.temperature, "eval_examples": args.eval_examples, "budgets": budgets,
-        "code": code_version()})
+    write_beside(checkpoint, "test_budgets.json", model, task, seed, iters, args,
+                 train_budget=c.budget, extend=args.step_extend, budgets=budgets)
     return budgets
 
 
@@ -96,20 +99,19 @@ def evaluate_thresholds(model, task, seed, args, device, checkpoint, iters):
     """Evaluate a trained ACT rung at each halting threshold (its trained budget) and write
     what it gave, whole, to test_thresholds.json beside the checkpoint: a lower threshold
     halts a position sooner, and spent_passes is what the batch then ran."""
-    c, thresholds = model.config, {}
-    for t in args.eval_thresholds:
-        model.halt_threshold = t
-        thresholds[str(t)] = at = evaluate(model, task, args.eval_lengths, args.eval_examples,
-                                           device, args.temperature)
-        print(f"halting threshold {t:g} (trained at {HALT_THRESHOLD:g}): " + " | ".join(
-            f"L={n} char_acc {r['char_acc']:.3f} seq_acc {r['seq_acc']:.3f} "
-            f"passes {r['passes']:.1f} spent {r['spent_passes']:.1f}" for n, r in at.items()))
-    model.halt_threshold = HALT_THRESHOLD
-    write_json(os.path.join(os.path.dirname(checkpoint), "test_thresholds.json"), {
-        "task": task, "name": name_of(c), "model": c.model, "seed": seed,
-        "checkpoint": checkpoint, "iters": iters, "budget": c.budget,
-        "train_threshold": HALT_THRESHOLD, "temperature": args.temperature,
-        "eval_examples": args.eval_examples, "thresholds": thresholds, "code": code_version()})
+    thresholds = {}
+    try:
+        for t in args.eval_thresholds:
+            model.halt_threshold = t
+            thresholds[str(t)] = at = evaluate(model, task, args.eval_lengths,
+                                               args.eval_examples, device, args.temperature)
+            print(f"halting threshold {t:g} (trained at {HALT_THRESHOLD:g}): " + " | ".join(
+                f"L={n} char_acc {r['char_acc']:.3f} seq_acc {r['seq_acc']:.3f} "
+                f"passes {r['passes']:.1f} spent {r['spent_passes']:.1f}" for n, r in at.items()))
+    finally:  # the model halts as trained again, whatever happened
+        model.halt_threshold = HALT_THRESHOLD
+    write_beside(checkpoint, "test_thresholds.json", model, task, seed, iters, args,
+                 budget=model.config.budget, train_threshold=HALT_THRESHOLD, thresholds=thresholds)
     return thresholds
 
 # -----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import sys
 from artrm import LADDER
 from records import atomic_write
 from report import at_training_length, chance, chance_said, groups, mean_pos_acc, own_runs
-from report import spent_floor, spent_flops, tasks_of
+from report import flops_per_token, spent_flops, tasks_of
 
 
 def pyplot():
@@ -56,14 +56,6 @@ def suptitle(fig, out_dir, records, *more):
     whatever more a figure has to say of how it was made."""
     said = ([setting(records)] if records else []) + list(more)
     fig.suptitle(f"{os.path.basename(os.path.abspath(out_dir))}: {'; '.join(said)}", fontsize=9)
-
-
-def flops_per_token(record):
-    """The training FLOPs per token a run spent: as its batches ran (a batch runs until its
-    last position halts) as report.spent_flops knows it, else what it spent at least (an
-    older record whose forwards stopped early: report.spent_floor)."""
-    spent = spent_flops(record)
-    return spent_floor(record) if spent is None else spent
 
 
 def flops_caveat(records):

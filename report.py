@@ -131,12 +131,20 @@ def spent_floor(record):
     return max(record["executed_train_flops_per_token"], ran_ceiling)
 
 
+def flops_per_token(record):
+    """The training FLOPs per token a run spent: as its batches ran (a batch runs until its
+    last position halts) as spent_flops knows it, else what it spent at least (an older
+    record whose forwards stopped early: spent_floor)."""
+    spent = spent_flops(record)
+    return spent_floor(record) if spent is None else spent
+
+
 def spent_mflop(records):
     """Training MFLOP per token the batches spent, mean over runs; ≥ the mean of what they
     spent at least where a record lacks the count."""
-    spent = [spent_flops(r) for r in records]
-    floors = [spent_floor(r) if s is None else s for r, s in zip(records, spent)]
-    return f"{'≥' if None in spent else ''}{statistics.mean(floors) / 1e6:.2f}"
+    at_least = any(spent_flops(r) is None for r in records)
+    mean = statistics.mean(flops_per_token(r) for r in records)
+    return f"{'≥' if at_least else ''}{mean / 1e6:.2f}"
 
 
 def table_rows(records):
