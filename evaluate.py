@@ -35,14 +35,6 @@ EXTEND = {  # --step_extend: what a tied rung run past its trained steps adds at
 }
 
 
-def comma_list(value, flag="--eval_budgets", kind=int, what="whole numbers"):
-    """The values of a comma-list flag (--eval_budgets, --eval_thresholds), each a kind."""
-    try:
-        return [kind(s) for s in str(value).split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"{flag} takes a comma list of {what}, got {value!r}") from None
-
-
 def write_beside(checkpoint, filename, model, task, seed, iters, args, **what):
     """Write a test-time evaluation, whole, to filename beside checkpoint: the run it
     evaluated (its model as --model names it, e.g. ut+random_depth), how, and what (what)."""
@@ -242,9 +234,9 @@ def main(argv=None):
     try:
         args = flags.parse_args(argv, train.SETTINGS, train.PRESETS, __doc__,
                                 lab={"evaluate.py": flags.EVALUATE})
-        args.eval_budgets = comma_list(args.eval_budgets)
-        args.eval_thresholds = comma_list(args.eval_thresholds, "--eval_thresholds", float,
-                                          "numbers")
+        args.eval_budgets = flags.comma_list(args.eval_budgets, "--eval_budgets")
+        args.eval_thresholds = flags.comma_list(args.eval_thresholds, "--eval_thresholds",
+                                                float, "numbers")
         device = get_device(args.device, UserError)
         torch.set_num_threads(args.threads or cpu_threads())
         runs = flags.plan(args)

@@ -112,14 +112,19 @@ def parse_args(argv, settings, presets, doc, epilog=None, lab=None):
     args.given, args.argv = given, argv
     args.models = expand(args.model, LADDER, "model")
     args.tasks = expand(args.task, tasks.TASKS, "task")
-    try:
-        args.eval_lengths = [int(s) for s in str(args.eval_lengths).split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--eval_lengths takes a comma list of whole numbers, "
-                        f"got {args.eval_lengths!r}") from None
+    args.eval_lengths = comma_list(args.eval_lengths, "--eval_lengths")
     if not args.eval_lengths:
         raise UserError("--eval_lengths names no length")
     return args
+
+
+def comma_list(value, flag, kind=int, what="whole numbers"):
+    """The values of a comma-list flag (--eval_lengths, the lab's --eval_budgets and
+    --eval_thresholds), each a kind."""
+    try:
+        return [kind(s) for s in str(value).split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"{flag} takes a comma list of {what}, got {value!r}") from None
 
 
 def command_line(given):

@@ -70,8 +70,8 @@ def validate(args):
             raise UserError(f"--{k} must be positive, got {getattr(args, k)}")
     if args.flops_match:
         flags.model_config(args, flags.expand(args.flops_match, LADDER, "model")[0])
-    budgets = argparse.Namespace(**{**vars(args),
-                                    "eval_budgets": evaluate.comma_list(args.eval_budgets)})
+    eval_budgets = flags.comma_list(args.eval_budgets, "--eval_budgets")
+    budgets = argparse.Namespace(**{**vars(args), "eval_budgets": eval_budgets})
     for config in configs.values():
         evaluate.check_test_budgets(config, budgets)
     return configs, device

@@ -9,6 +9,7 @@ import torch
 
 import artrm
 import evaluate
+import flags
 import grid
 import records
 import train
@@ -162,4 +163,4 @@ def test_a_halting_threshold_is_refused_for_a_rung_without_act_and_outside_0_1(r
         with pytest.raises(records.UserError, match="must each be in \\(0, 1\\]"):
             evaluate.check_thresholds(tiny("ut", budget=24), [bad])
     with pytest.raises(records.UserError, match="--eval_thresholds takes a comma list of numbers"):
-        evaluate.comma_list("0.5,x", "--eval_thresholds", float, "numbers")
+        flags.comma_list("0.5,x", "--eval_thresholds", float, "numbers")
