@@ -15,10 +15,9 @@ the rung above it (see LADDER):
   6 nested_ut  + H cycles of (L z-updates, 1 y-update) per step, truncated gradients
   7 ar_trm     + binary halting head, readout = final y only (TRM, arXiv 2510.04871)
 
-Recurrence runs over depth, inside each position: every block call is causal, so
-every stream at position t depends only on tokens <= t.
-Extensions the paper lacks (full_grad, deep_supervision, halt_loss, random_depth) are flags
-that default to the paper's behaviour.
+Recurrence runs over depth inside each position: every block call is causal, so every stream
+at position t depends only on tokens <= t. Extensions the paper lacks (full_grad,
+deep_supervision, halt_loss, random_depth) are flags that default to the paper's behaviour.
 """
 
 from collections import namedtuple
@@ -28,21 +27,31 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from machine import Dropout
-from tasks import IGNORE_INDEX  # targets at prompt positions: the loss skips them
-
 HALT_THRESHOLD = 1.0 - 1e-6  # ACT: a position halts when its cumulative p reaches this
 DEPTH_REACH, DEPTH_SIGMA = 4, 0.5  # random_depth: draws up to 4N steps, log-normal sigma 0.5
 
 # -----------------------------------------------------------------------------
-# The block: the only thing any rung ever evaluates. (Its Dropout is nn.Dropout with a
-# cheaper mask on CPU: machine.py.)
+# The block: the only thing any rung ever evaluates.
+
+class Dropout(nn.Dropout):
+    """nn.Dropout with a cheaper mask on CPU, where bernoulli_ costs ~6% of a paper-setting
+    step: four 16-bit draws per 64-bit random number, p rounded to a multiple of 1/65536
+    (0.1 -> 0.100006), kept values scaled by the exact inverse keep rate (unbiased)."""
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        k = round(self.p * 65536)                                  # drop when a 16-bit draw < k
+        words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-2**63, None)
+        draws = words.view(torch.int16)[:x.numel()].view(x.shape)  # uniform on [-32768, 32767]
+        return x * (draws >= k - 32768).to(x.dtype).mul_(65536 / (65536 - k))
 
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        assert config.n_embd % config.n_head == 0
         self.n_head = config.n_head
         # q, k, v in one matmul, no bias (as the authors)
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
@@ -52,10 +61,8 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x):
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+                   for t in self.c_attn(x).split(C, dim=2))
         p = self.attn_p if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)                 # (B, T, C)
@@ -175,13 +182,13 @@ class FinalReadout:
 
 
 class ACTReadout:
-    """Rungs 4-6: Graves-style ACT per position (as in the Universal Transformer), as
-    the authors compute it. A position halts once its cumulative halting probability
-    plus this step's p reaches the model's halt_threshold (trained at HALT_THRESHOLD), and
-    adds its remainder (1 - cum). At the last step a position still running adds p and
-    then 1 - cum, cum now including p (so its remainder, in the ponder cost, is what is
-    left after p). Halted positions are still computed (others attend to them), they just
-    stop adding to the output. The caller exits early only when the whole batch has halted."""
+    """Rungs 4-6: Graves-style ACT per position (as in the Universal Transformer), as the
+    authors compute it. A position halts once its cumulative halting probability plus this
+    step's p reaches the model's halt_threshold (trained at HALT_THRESHOLD), and adds its
+    remainder (1 - cum). At the last step a position still running adds p, then 1 - cum with
+    p in cum (its remainder, in the ponder cost, is what is left after p). Halted positions
+    are still computed (others attend to them) but add nothing more; the caller exits early
+    only when the whole batch has halted."""
     head_flops = staticmethod(lambda d, T: 2 * d)  # the halting unit at every position
 
     def __init__(self, model, y, n_steps):
@@ -216,15 +223,14 @@ class ACTReadout:
 
 
 class HaltReadout:
-    """Rung 7: a binary halting head reads y at position 0, as in the authors' code
-    (position 0 sees only the first token, so halting stays causal, but it also cannot
-    tell whether the answer is right). A sequence halts when its logit > 0 or at the
-    last step, and its output is y at that step (each its own: see the README's fidelity).
-    Halt exploration, as in the paper: in training, with probability halt_explore a
-    sequence draws a minimum step count uniform in 1..N and cannot halt before it.
-    Quirk kept from the paper: the head starts at weight 0, bias -5 and, in the
-    authors' code, gets no loss, so it never fires and every forward runs the whole
-    budget. Only halt_loss=True (an extension) trains it."""
+    """Rung 7: a binary halting head reads y at position 0, as in the authors' code (position
+    0 sees only the first token, so halting stays causal, but it also cannot tell whether the
+    answer is right). A sequence halts when its logit > 0 or at the last step, and its output
+    is y at that step (each its own: see the README's fidelity). Halt exploration, as the
+    paper's: in training, with probability halt_explore a sequence draws a minimum step count
+    uniform in 1..N and cannot halt before it. Quirk kept from the paper: the head starts at
+    weight 0, bias -5 and, in the authors' code, gets no loss, so it never fires and every
+    forward runs the whole budget. Only halt_loss=True (an extension) trains it."""
     head_flops = staticmethod(lambda d, T: 2 * d / T)  # at position 0 only
 
     def __init__(self, model, y, n_steps):
@@ -256,9 +262,9 @@ READOUTS = {None: FinalReadout, "act": ACTReadout, "binary": HaltReadout}
 
 
 def cross_entropy(logits, targets):
-    """Mean next-token loss over the answer tokens; prompt positions hold IGNORE_INDEX."""
-    return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1),
-                           ignore_index=IGNORE_INDEX)
+    """Mean next-token loss over the answer tokens: the prompt's targets are -100, the
+    ignore_index of F.cross_entropy (tasks.IGNORE_INDEX)."""
+    return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
 # -----------------------------------------------------------------------------
 # The model: one class for every rung.
@@ -302,13 +308,11 @@ class Model(nn.Module):
 
     def forward(self, idx, targets=None, n_steps=None, extend="cycle", on_step=None):
         """Logits (B, T, V) and the loss if targets are given. n_steps (evaluation only) runs
-        a tied rung for another number of steps than it was trained for: thinking longer or
-        shorter at test time. Past the trained steps, the step embeddings are reused as the
-        authors' inference-scaling script does, cyclically (extend="cycle": s_1..s_N, s_1...),
-        or the last one is repeated (extend="last"). on_step, if given, is called as
-        on_step(t, y, readout) after step t's readout update, with that step's answer
-        stream y (B, T, C): a way to watch the steps (sample.py --steps) that changes
-        nothing of the forward."""
+        a tied rung for more or fewer steps than it trained with: thinking longer or shorter.
+        Past the trained steps the step embeddings cycle, as the authors' inference-scaling
+        script does (extend="cycle": s_1..s_N, s_1...), or the last repeats (extend="last").
+        on_step(t, y, readout), if given, is called after step t's readout update with its
+        answer stream y (B, T, C): a way to watch the steps (sample.py --steps)."""
         c = self.config
         N = n_steps or self.depth()
         if N != c.n_steps and not c.rung.tied:
@@ -367,16 +371,13 @@ class Model(nn.Module):
     def truncated(self):  # rungs 6-7 as in the authors' code: detach per step, no_grad cycles
         return self.config.rung.nested and not self.config.full_grad
 
-    def block(self, t):
-        return self.blocks[0 if self.config.rung.tied else t]
-
     def step(self, x, y, z, t):
         """The block passes of step t. Single stream: y is h and z is unused."""
         c = self.config
         s = self.step_emb.weight[t] if c.rung.step_emb else 0  # (C,)
+        f = self.blocks[0 if c.rung.tied else t]  # dense: step t's own block
         if not c.rung.two_streams:
-            return self.block(t)(y + s), z
-        f = self.block(t)
+            return f(y + s), z
         n_outer, n_inner = (c.n_outer, c.n_inner) if c.rung.nested else (1, 1)
         for cycle in range(n_outer):
             # truncated gradients: only the last outer cycle builds a graph
@@ -394,7 +395,7 @@ class Model(nn.Module):
         ce = cross_entropy(logits, targets)
         if not self.config.halt_loss:
             return ce, None
-        right = (logits.argmax(-1) == targets) | (targets == IGNORE_INDEX)      # (B, T)
+        right = (logits.argmax(-1) == targets) | (targets < 0)  # (B, T); prompt (-100): right
         right = right.all(dim=1)                                                # (B,)
         q = self.halt(y[:, 0]).squeeze(-1)                                      # (B,)
         return ce, F.binary_cross_entropy_with_logits(q, right.float())
@@ -436,13 +437,13 @@ class Model(nn.Module):
         return self.truncated and c.rung.halting == "binary" and not every_step
 
     def compute_stats(self, seq_len=None, steps=None):
-        """Parameters, block passes per token per forward (at the maximum), how many of
-        them carry gradient in training, and training FLOPs per token: the forward FLOPs
-        of every matmul plus 2x for the backward of the passes that carry gradient.
-        A block pass costs 24 d^2 (qkv 6, proj 2, mlp 16) plus 4 d * ctx for attention,
-        with ctx = (T+1)/2 keys on average under the causal mask. Embedding lookups,
-        LayerNorms and softmaxes are not counted. `steps` (for halting rungs: the mean
-        steps a position ran, or a batch ran) gives the FLOPs of that many, not the ceiling."""
+        """Parameters, block passes per token per forward (at the maximum), how many of them
+        carry gradient in training, and training FLOPs per token: the forward FLOPs of every
+        matmul plus 2x for the backward of the passes that carry gradient. A block pass costs
+        24 d^2 (qkv 6, proj 2, mlp 16) plus 4 d * ctx for attention, ctx = (T+1)/2 keys on
+        average under the causal mask; embedding lookups, LayerNorms and softmaxes are not
+        counted. `steps` (halting rungs: the mean steps a position, or a batch, ran) gives the
+        FLOPs of that many, not the ceiling."""
         c = self.config
         T = seq_len or c.block_size
         d, N = c.n_embd, steps or c.n_steps

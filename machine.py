@@ -1,15 +1,12 @@
 """
 The machine a run uses: CUDA, then Apple MPS, then the CPU, fp32 everywhere; what a record
-calls it; and the model's Dropout with a cheaper mask on the CPU. Nothing here touches CUDA
-where there is none.
+calls it. Nothing here touches CUDA where there is none.
 """
 
 import os
 import platform
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 
 def get_device(name, refuse=ValueError):
@@ -57,21 +54,3 @@ def hardware(device):
     cpu = names[0] if names else cpu
     mps = " + Apple MPS" if device == "mps" else ""
     return f"{cpu} ({torch.get_num_threads()} threads){mps}"
-
-
-class Dropout(nn.Dropout):
-    """nn.Dropout with a cheaper mask on CPU (bernoulli_ costs ~6% of a paper-setting step
-    there): four 16-bit draws per 64-bit random number, p rounded to a multiple of 1/65536
-    (0.1 -> 0.100006), kept values scaled by the exact inverse keep rate (unbiased)."""
-
-    def forward(self, x):
-        if not self.training or self.p == 0:
-            return x
-        if x.device.type != "cpu":
-            return F.dropout(x, self.p, training=True)
-        k = round(self.p * 65536)                                  # drop when a 16-bit draw < k
-        n_words = (x.numel() + 3) // 4
-        words = torch.empty(n_words, dtype=torch.int64).random_(-2**63, None)  # all 64 bits
-        draws = words.view(torch.int16)[:x.numel()].view(x.shape)  # uniform on [-32768, 32767]
-        mask = (draws >= k - 32768).to(x.dtype).mul_(65536 / (65536 - k))
-        return x * mask

@@ -19,7 +19,7 @@ import torch
 VOCAB = "0123456789|+=\n"
 STOI = {ch: i for i, ch in enumerate(VOCAB)}
 EOS = STOI["\n"]
-IGNORE_INDEX = -1  # targets at prompt positions: the model's loss skips them
+IGNORE_INDEX = -100  # targets at prompt positions: F.cross_entropy's default skips them
 
 
 def add_digits(a, b):

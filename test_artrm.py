@@ -11,9 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import artrm
-import machine
 import tasks
-import train
 from artrm import Block, Config, Model
 from resume import RunState, Tally
 
@@ -60,7 +58,7 @@ class PassLog:
 def test_dropout_drops_p_in_every_lane_and_keeps_the_mean():
     torch.manual_seed(0)
     x = torch.ones(1000, 1000)
-    y = machine.Dropout(0.1).train()(x)
+    y = artrm.Dropout(0.1).train()(x)
     dropped = (y == 0).float().view(-1, 4).mean(0)  # one rate per 16-bit lane of each 64-bit draw
     assert torch.allclose(dropped, torch.full((4,), 0.1), atol=0.003), dropped
     assert y.mean().item() == pytest.approx(1.0, abs=0.003)  # kept values scaled by 1 / keep rate
@@ -70,7 +68,7 @@ def test_dropout_drops_p_in_every_lane_and_keeps_the_mean():
 def test_dropout_is_the_identity_and_draws_nothing_when_off():
     x = torch.randn(8, 5)
     state = torch.get_rng_state()
-    assert machine.Dropout(0.1).eval()(x) is x and machine.Dropout(0.0).train()(x) is x
+    assert artrm.Dropout(0.1).eval()(x) is x and artrm.Dropout(0.0).train()(x) is x
     # the laptop preset (p=0) consumes no randomness
     assert torch.equal(torch.get_rng_state(), state)
 
@@ -406,6 +404,26 @@ def test_halt_loss_trains_the_halting_head():
         opt.step()
         moved = model.halt.weight.abs().sum() > 0 or model.halt.bias.item() != -5.0
         assert moved == halt_loss
+
+
+def test_halt_loss_targets_halting_exactly_when_every_answer_token_is_right(monkeypatch):
+    model = Model(tiny("ar_trm", budget=12, halt_loss=True))
+    idx, targets = tasks.get_batch("copy", 4, 3, torch.Generator().manual_seed(0))
+    said = targets.clamp(min=0).clone()  # right at every answer token; the prompt says 0
+    said[1, -1] = (said[1, -1] + 1) % 10  # sequence 1: its last answer token wrong
+    said[2, 0] = (said[2, 0] + 1) % 10  # sequence 2: wrong where the prompt is, not scored
+    one_hot = F.one_hot(said, model.config.vocab_size).float()                   # (B, T, V)
+
+    class Says(torch.nn.Module):  # the logits of every position: what `said` holds
+        def forward(self, y):
+            return one_hot
+
+    model.ln_f, model.lm_head = torch.nn.Identity(), Says()
+    bce = []
+    monkeypatch.setattr(artrm.F, "binary_cross_entropy_with_logits",
+                        lambda q, target: bce.append(target) or target.sum())
+    model.step_losses(torch.zeros(3, idx.size(1), model.config.n_embd), targets)
+    assert bce[0].tolist() == [1.0, 0.0, 1.0]
 
 
 def test_extensions_are_refused_where_they_mean_nothing():
