@@ -25,7 +25,6 @@ from flags import model_config
 from machine import hardware, sync
 from records import UserError, describe, write_json
 from resume import run_config
-from train import eval_set
 
 
 def timed(fn, device, repeats, warmup=2):
@@ -93,7 +92,7 @@ def bench(args, device, profile=False, repeats=5):
     # Evaluation: greedy decoding of the same examples, batched and one at a time. Their
     # forward FLOPs are counted in the warm-up run (the steps each forward's loop ran), so
     # both paths can be set against the matmul speed: the batched path cannot beat it.
-    ex = eval_set(task, args.n_digits, args.eval_examples, device)
+    ex = tasks.eval_set(task, args.n_digits, args.eval_examples, device)
     P, A = tasks.prompt_len(task, args.n_digits), tasks.answer_len(task, args.n_digits)
     n_single = min(10, len(ex))
     batched = lambda: model.generate(ex[:, :P], A)

@@ -27,7 +27,7 @@ import train
 from artrm import HALT_THRESHOLD, Config, Model
 from machine import cpu_threads, get_device
 from records import UserError, code_version, run_name, write_json
-from train import evaluate
+from tasks import evaluate
 
 EXTEND = {  # --step_extend: what a tied rung run past its trained steps adds at each step
     "cycle": "past its trained steps a rung reuses\nits step embeddings in turn (s_1..s_N, s_1..)",

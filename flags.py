@@ -2,15 +2,16 @@
 The flags of a run, parsed once and checked, as nanoGPT's configurator.py sits beside its
 train.py. The table of settings is train.py's (SETTINGS, PRESETS); the lab's flags are
 here (GRID, EVALUATE), so that one parse of a request decides whether one run takes it or
-the lab does. A flag is known by its whole name only (no abbreviations), and every check
-runs before any work, so that bad input never costs a run or a file and says what is
-wrong in one line.
+the lab does (hand_over gives the lab its request). A flag is known by its whole name only
+(no abbreviations), and every check runs before any work, so that bad input never costs a
+run or a file and says what is wrong in one line.
 """
 
 import argparse
 import difflib
 import math
 import os
+import subprocess
 import sys
 from dataclasses import fields
 
@@ -18,6 +19,7 @@ import tasks
 from artrm import Config, LADDER
 from machine import get_device
 from records import UserError
+from stopping import handling
 
 POSITIVE = ("n_digits", "max_iters", "batch_size", "eval_examples", "eval_interval",
             "log_interval", "lr", "budget", "n_embd", "n_head", "block_size", "n_outer",
@@ -57,6 +59,7 @@ LAB = {"grid.py": GRID, "evaluate.py": EVALUATE}
 # Set in the environment of every process the lab or a hand-over starts: such a process is
 # one run or one lab file, and never hands a request over again, whatever its flags.
 STARTED_BY = "ARTRM_STARTED_BY"
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -155,6 +158,17 @@ def lab_for(args):
         raise UserError(f"this process was started by {os.environ[STARTED_BY]} and does not "
                         f"hand a request over again (here to {lab})")
     return lab
+
+
+def hand_over(lab, argv):
+    """Run the lab's file with these flags, and pass a signal on to it (Ctrl-C, kill, a
+    scheduler's SIGTERM): in a session of its own, a terminal's Ctrl-C reaches it from here
+    only. The lab's file (and every run it starts) knows from STARTED_BY not to hand it on."""
+    env = {**os.environ, STARTED_BY: "train.py"}
+    p = subprocess.Popen([sys.executable, os.path.join(HERE, lab), *argv], env=env,
+                         start_new_session=True)
+    with handling(lambda signum, frame: p.send_signal(signum)):
+        return p.wait()
 
 
 def expand(value, choices, what):

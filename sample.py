@@ -25,7 +25,6 @@ import evaluate
 import flags
 import resume
 import tasks
-import train
 from machine import get_device
 from records import UserError
 
@@ -61,7 +60,7 @@ def encode_prompt(text, task, block_size):
     L = len(operands[0])
     shaped = text.endswith(t.sep) and len(operands) == t.operands and L > 0
     if not shaped or any(len(d) != L or not d.isdigit() for d in operands):
-        example = train.eval_set(task, 4, 1, "cpu")[0, :tasks.prompt_len(task, 4)]
+        example = tasks.eval_set(task, 4, 1, "cpu")[0, :tasks.prompt_len(task, 4)]
         joined = f" joined by {t.join}" if t.join else ""
         raise UserError(f"prompt {text!r} is not a {task} question ({t.operands} number(s) of "
                         f"the same length{joined}, then {t.sep}; e.g. {tasks.decode(example)})")
@@ -151,7 +150,7 @@ def main(argv=None):
                       file=sys.stderr)
         if not args.prompt:  # a few of the held-out examples it was evaluated on, drawn by --seed
             L = trained or 6
-            ex = train.eval_set(task, L, 100, "cpu")
+            ex = tasks.eval_set(task, L, 100, "cpu")
             draw = torch.Generator().manual_seed(args.seed)
             pick = torch.randperm(len(ex), generator=draw)[:args.examples]
             P = tasks.prompt_len(task, L)

@@ -8,8 +8,6 @@ same signal can arrive more than once within a moment.
 
 import contextlib
 import signal
-import subprocess
-import sys
 import time
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -68,11 +66,3 @@ class StopOnSignal:
             at = "in the final evaluation" if self.at_once else "twice"
             raise Interrupted(f"interrupted {at}; the last checkpoint saved is in {self.where}. "
                               f"Resume with: {self.resume_with}") from None
-
-
-def hand_over(path, argv, env):
-    """Run the file at path with these flags, and pass a signal on to it (Ctrl-C, kill, a
-    scheduler's SIGTERM): in a session of its own, a terminal's Ctrl-C reaches it from here only."""
-    p = subprocess.Popen([sys.executable, path, *argv], env=env, start_new_session=True)
-    with handling(lambda signum, frame: p.send_signal(signum)):
-        return p.wait()

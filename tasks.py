@@ -9,7 +9,8 @@ Operands are exactly L uniform random digits (leading zeros allowed). A batch is
 long as its examples (every example of a task at one L has the same length), never
 padded to block_size. The loss covers the answer and the one closing newline.
 A task is one row of TASKS: everything else (the run, the report, sample.py) reads it
-from there.
+from there. Below the generators, how a model is scored on a task: fixed held-out examples
+and their answers decoded a whole batch at once (evaluate).
 """
 
 from collections import namedtuple
@@ -20,6 +21,7 @@ VOCAB = "0123456789|+=\n"
 STOI = {ch: i for i, ch in enumerate(VOCAB)}
 EOS = STOI["\n"]
 IGNORE_INDEX = -100  # targets at prompt positions: F.cross_entropy's default skips them
+EVAL_SEED = 10_000_019  # held-out examples come from their own stream, apart from training's
 
 
 def add_digits(a, b):
@@ -91,3 +93,45 @@ def get_batch(task, n_digits, batch_size, generator=None, device="cpu"):
     idx, targets = ex[:, :-1], ex[:, 1:].clone()
     targets[:, : prompt_len(task, n_digits) - 1] = IGNORE_INDEX  # predict only answer + newline
     return idx, targets
+
+# -----------------------------------------------------------------------------
+# Evaluation: batched decoding of the answer from the prompt, no teacher forcing.
+
+def eval_set(task, n_digits, n_examples, device):
+    g = torch.Generator().manual_seed(EVAL_SEED + n_digits)  # fixed, identical on every device
+    return make_examples(task, n_digits, n_examples, g).to(device)
+
+
+@torch.no_grad()
+def evaluate(model, task, lengths, n_examples, device, temperature=0.0, show=0, n_steps=None,
+             extend="cycle"):
+    """Per length: char_acc, seq_acc, accuracy by answer position and the block passes per
+    token (passes: as its positions ran; spent_passes: as the batch ran, each forward until its
+    last position halted), greedy (or sampled) on the fixed examples. n_steps: Model.forward."""
+    was_training, c = model.training, model.config
+    model.eval()
+    results, steps = {}, []  # steps: the executed steps per position of every decoding forward
+    hook = model.register_forward_hook(lambda m, i, o: steps.append(m.last_steps))
+    per_forward = lambda reduce: float(torch.stack([reduce(s) for s in steps]).mean())
+    for n in lengths:
+        ex = eval_set(task, n, n_examples, device)
+        P, A = prompt_len(task, n), answer_len(task, n)
+        g = torch.Generator(device=device).manual_seed(EVAL_SEED) if temperature > 0 else None
+        steps.clear()
+        out = model.generate(ex[:, :P], A, temperature=temperature, generator=g,
+                             n_steps=n_steps, extend=extend)
+        right = out[:, P:] == ex[:, P:P + A]                                    # (B, A)
+        results[str(n)] = {"char_acc": right.float().mean().item(),
+                           "seq_acc": right.all(1).float().mean().item(),
+                           "pos_acc": [round(v, 4) for v in right.float().mean(0).tolist()],
+                           "passes": per_forward(torch.mean) * c.passes_per_step,
+                           # what the batch ran: each forward until its last position halted
+                           "spent_passes": per_forward(torch.max) * c.passes_per_step}
+        for i in torch.nonzero(~right.all(1)).flatten()[:show].tolist():
+            said, truth = (decode(t).replace("\n", "⏎")
+                           for t in (out[i, P:P + A], ex[i, P:P + A]))
+            print(f"  L={n}: {decode(ex[i, :P])}  model {said}  right {truth}")
+    hook.remove()
+    model.train(was_training)
+    return results
+

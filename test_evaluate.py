@@ -12,6 +12,7 @@ import evaluate
 import flags
 import grid
 import records
+import tasks
 import train
 from artrm import Model
 from test_artrm import never_halt, tiny
@@ -50,10 +51,10 @@ def test_a_tied_rung_past_its_trained_steps_cycles_its_step_embeddings():
 def test_its_own_budget_gives_the_normal_evaluation_and_more_budget_runs_more_passes(rung):
     torch.manual_seed(0)
     model = never_halt(Model(tiny(rung, budget=6)))
-    normal = train.evaluate(model, "copy", [3], 16, "cpu")
-    same = train.evaluate(model, "copy", [3], 16, "cpu", n_steps=model.config.n_steps)
+    normal = tasks.evaluate(model, "copy", [3], 16, "cpu")
+    same = tasks.evaluate(model, "copy", [3], 16, "cpu", n_steps=model.config.n_steps)
     assert same == normal
-    longer = train.evaluate(model, "copy", [3], 16, "cpu", n_steps=2 * model.config.n_steps)
+    longer = tasks.evaluate(model, "copy", [3], 16, "cpu", n_steps=2 * model.config.n_steps)
     assert longer["3"]["passes"] == 2 * normal["3"]["passes"] == 12
 
 
@@ -122,7 +123,7 @@ def test_a_lower_halting_threshold_halts_sooner_and_the_trained_one_is_the_norma
     torch.manual_seed(0)
     model = Model(tiny(rung, budget=24)).eval()
     k, n_steps = model.config.passes_per_step, model.config.n_steps
-    normal = train.evaluate(model, "copy", [3], 8, "cpu")
+    normal = tasks.evaluate(model, "copy", [3], 8, "cpu")
     with torch.no_grad():  # every position's p is 0.3 at every step: it halts at ceil(t / 0.3)
         model.halt.weight.zero_()
         model.halt.bias.fill_(torch.logit(torch.tensor(0.3)).item())
@@ -148,9 +149,9 @@ def test_a_batch_spends_the_steps_of_its_last_position_to_halt():
     model = Model(tiny("ut", budget=12)).eval()
     with torch.no_grad():  # halting that differs from position to position
         model.halt.weight.normal_(0, 1.0)
-    r = train.evaluate(model, "copy", [3], 8, "cpu")["3"]
+    r = tasks.evaluate(model, "copy", [3], 8, "cpu")["3"]
     assert r["passes"] < r["spent_passes"] <= 12
-    dense = train.evaluate(Model(tiny("dense", budget=6)), "copy", [3], 8, "cpu")["3"]
+    dense = tasks.evaluate(Model(tiny("dense", budget=6)), "copy", [3], 8, "cpu")["3"]
     assert dense["passes"] == dense["spent_passes"] == 6
 
 

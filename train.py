@@ -1,6 +1,6 @@
 """
-Train one rung of the ladder on one task, top to bottom: settings, device, data, model
-(fresh or resumed), evaluation, learning-rate schedule, the loop, the record.
+Train one rung of the ladder on one task, top to bottom: settings; the run (learning-rate
+schedule, model fresh or resumed, the loop, the record); main, which sets it up once.
 
     python train.py --model ar_trm --task reverse               # one run, laptop preset
     python train.py --preset paper --model ut --task addition   # one run at the paper's setting
@@ -8,9 +8,9 @@ Train one rung of the ladder on one task, top to bottom: settings, device, data,
 A run lives in <out_dir>/<task>_<model>_s<seed>/: train.log, ckpt.pt and, once it has
 ended, record.json. The same command again skips a finished run; --resume continues an
 interrupted one exactly. Many runs, or what is made of their records, are the lab's job,
-and this file hands such a request over unchanged: a comparison (several models, tasks or
-seeds, --jobs, --shard, --plot, --flops_match, --eval_budgets) to grid.py, --report to
-report.py, --eval_only to evaluate.py.
+and such a request is handed over unchanged (flags.hand_over): a comparison (several
+models, tasks or seeds, --jobs, --shard, --plot, --flops_match, --eval_budgets) to grid.py,
+--report to report.py, --eval_only to evaluate.py.
 """
 
 import math
@@ -29,7 +29,7 @@ from artrm import Model
 from machine import cpu_threads, hardware, sync
 from records import UserError, by_part, code_version, describe, fmt_time, logged_to, run_name
 from records import summary, write_json
-from stopping import Interrupted, StopOnSignal, hand_over
+from stopping import Interrupted, StopOnSignal
 
 # -----------------------------------------------------------------------------
 # Settings: every flag of one run, its default (the laptop preset) and what it does.
@@ -83,61 +83,9 @@ PRESETS = {
 }
 EPILOG = ("A comparison's flags and --report: python grid.py -h; "
           "--eval_only: python evaluate.py -h")
-EVAL_SEED = 10_000_019  # held-out examples come from their own stream, apart from training's
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-# -----------------------------------------------------------------------------
-# Evaluation: batched decoding of the answer from the prompt, no teacher forcing.
-
-def eval_set(task, n_digits, n_examples, device):
-    g = torch.Generator().manual_seed(EVAL_SEED + n_digits)  # fixed, identical on every device
-    return tasks.make_examples(task, n_digits, n_examples, g).to(device)
-
-
-@torch.no_grad()
-def evaluate(model, task, lengths, n_examples, device, temperature=0.0, show=0, n_steps=None,
-             extend="cycle"):
-    """Per length: char_acc, seq_acc, accuracy by answer position and the block passes per
-    token (passes: as its positions ran; spent_passes: as the batch ran, each forward until its
-    last position halted), greedy (or sampled) on the fixed examples. n_steps: Model.forward."""
-    was_training, c = model.training, model.config
-    model.eval()
-    results, steps = {}, []  # steps: the executed steps per position of every decoding forward
-    hook = model.register_forward_hook(lambda m, i, o: steps.append(m.last_steps))
-    per_forward = lambda reduce: float(torch.stack([reduce(s) for s in steps]).mean())
-    for n in lengths:
-        ex = eval_set(task, n, n_examples, device)
-        P, A = tasks.prompt_len(task, n), tasks.answer_len(task, n)
-        g = torch.Generator(device=device).manual_seed(EVAL_SEED) if temperature > 0 else None
-        steps.clear()
-        out = model.generate(ex[:, :P], A, temperature=temperature, generator=g,
-                             n_steps=n_steps, extend=extend)
-        right = out[:, P:] == ex[:, P:P + A]                                    # (B, A)
-        results[str(n)] = {"char_acc": right.float().mean().item(),
-                           "seq_acc": right.all(1).float().mean().item(),
-                           "pos_acc": [round(v, 4) for v in right.float().mean(0).tolist()],
-                           "passes": per_forward(torch.mean) * c.passes_per_step,
-                           # what the batch ran: each forward until its last position halted
-                           "spent_passes": per_forward(torch.max) * c.passes_per_step}
-        for i in torch.nonzero(~right.all(1)).flatten()[:show].tolist():
-            said, truth = (tasks.decode(t).replace("\n", "⏎")
-                           for t in (out[i, P:P + A], ex[i, P:P + A]))
-            print(f"  L={n}: {tasks.decode(ex[i, :P])}  model {said}  right {truth}")
-    hook.remove()
-    model.train(was_training)
-    return results
 
 # -----------------------------------------------------------------------------
 # One run: train one rung on one task with one seed.
-
-def get_lr(it, args):
-    if it < args.warmup_iters:
-        return args.lr * (it + 1) / args.warmup_iters
-    if not args.decay_lr:
-        return args.lr
-    ratio = (it - args.warmup_iters) / max(1, args.max_iters - args.warmup_iters)
-    return args.lr / 10 + 0.5 * (1 + math.cos(math.pi * ratio)) * (args.lr - args.lr / 10)
-
 
 def train_run(args, config, device, prior, resume_with):
     """Train the run args asks for (its model: config; prior: what out_dir holds of it, a
@@ -145,6 +93,15 @@ def train_run(args, config, device, prior, resume_with):
     task, name, seed = args.task, args.model, args.seed
     T = tasks.seq_len(task, args.n_digits)
     ckpt_path = os.path.join(resume.run_dir(args), "ckpt.pt")
+
+    def get_lr(it):  # linear warm-up, then cosine decay to lr/10 (or constant, as the paper)
+        if it < args.warmup_iters:
+            return args.lr * (it + 1) / args.warmup_iters
+        if not args.decay_lr:
+            return args.lr
+        ratio = (it - args.warmup_iters) / max(1, args.max_iters - args.warmup_iters)
+        return args.lr / 10 + 0.5 * (1 + math.cos(math.pi * ratio)) * (args.lr - args.lr / 10)
+
     torch.manual_seed(seed)  # model init and dropout
     model = Model(config).to(device)
     optimizer = model.configure_optimizers(args.lr, args.weight_decay)
@@ -174,7 +131,7 @@ def train_run(args, config, device, prior, resume_with):
     with StopOnSignal(resume_with, ckpt_path) as stop:
         while it < args.max_iters and not stop.asked:
             for group in optimizer.param_groups:
-                group["lr"] = get_lr(it, args)
+                group["lr"] = get_lr(it)
             idx, targets = tasks.get_batch(task, args.n_digits, args.batch_size, data_gen, device)
             logits, loss = fwd(idx, targets)
             lossf = loss.item()
@@ -205,7 +162,7 @@ def train_run(args, config, device, prior, resume_with):
             if it % args.eval_interval == 0 or it == args.max_iters:
                 sync(device)
                 t_eval = time.time()
-                r = evaluate(model, task, [args.n_digits], args.eval_examples, device,
+                r = tasks.evaluate(model, task, [args.n_digits], args.eval_examples, device,
                              args.temperature)[str(args.n_digits)]
                 state.history.append({"iter": it, "loss": lossf, "char_acc": r["char_acc"],
                                       "seq_acc": r["seq_acc"], "last_acc": r["pos_acc"][-1]})
@@ -216,7 +173,7 @@ def train_run(args, config, device, prior, resume_with):
                 checkpoint()
         stop.after_loop(checkpoint, it)  # saves; a signal that stopped the loop ends the run
         state.passes["eval"] = resume.Tally()  # executed passes of the final evaluation only
-        final = evaluate(model, task, args.eval_lengths, args.eval_examples, device,
+        final = tasks.evaluate(model, task, args.eval_lengths, args.eval_examples, device,
                          args.temperature, show=3)
     print("final evaluation: " + " | ".join(
         f"L={n} char_acc {r['char_acc']:.3f} seq_acc {r['seq_acc']:.3f}" for n, r in final.items()))
@@ -262,8 +219,7 @@ def main(argv=None):
         args = flags.parse_args(argv, SETTINGS, PRESETS, __doc__, EPILOG, flags.LAB)
         lab = flags.lab_for(args)
         if lab:  # many runs, or what is made of them: the lab's job, with the very same flags
-            env = {**os.environ, flags.STARTED_BY: "train.py"}
-            return hand_over(os.path.join(HERE, lab), args.argv, env)
+            return flags.hand_over(lab, args.argv)
         args.model, args.task = args.models[0], args.tasks[0]
         resume_with = shlex.join(["python", "train.py"]  # what a stop says to go on with it
                                  + flags.command_line({**args.given, "resume": True}))
