@@ -163,7 +163,7 @@ def train_run(args, config, device, prior, resume_with):
                 sync(device)
                 t_eval = time.time()
                 r = tasks.evaluate(model, task, [args.n_digits], args.eval_examples, device,
-                             args.temperature)[str(args.n_digits)]
+                                   args.temperature)[str(args.n_digits)]
                 state.history.append({"iter": it, "loss": lossf, "char_acc": r["char_acc"],
                                       "seq_acc": r["seq_acc"], "last_acc": r["pos_acc"][-1]})
                 print(f"eval iter {it}: L={args.n_digits} char_acc {r['char_acc']:.3f} "
@@ -174,7 +174,7 @@ def train_run(args, config, device, prior, resume_with):
         stop.after_loop(checkpoint, it)  # saves; a signal that stopped the loop ends the run
         state.passes["eval"] = resume.Tally()  # executed passes of the final evaluation only
         final = tasks.evaluate(model, task, args.eval_lengths, args.eval_examples, device,
-                         args.temperature, show=3)
+                               args.temperature, show=3)
     print("final evaluation: " + " | ".join(
         f"L={n} char_acc {r['char_acc']:.3f} seq_acc {r['seq_acc']:.3f}" for n, r in final.items()))
     final_loss = loss.item() if loss is not None else state.history[-1]["loss"]
