@@ -48,6 +48,7 @@ class Dropout(nn.Dropout):
         draws = words.view(torch.int16)[:x.numel()].view(x.shape)  # uniform on [-32768, 32767]
         return x * (draws >= k - 32768).to(x.dtype).mul_(65536 / (65536 - k))
 
+
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config):
@@ -98,7 +99,6 @@ class Block(nn.Module):
 # -----------------------------------------------------------------------------
 # The ladder and its configuration.
 
-# Each rung turns on one idea more than the rung above it.
 Rung = namedtuple("Rung", "tied step_emb halting two_streams nested")
 LADDER = {  #   tied   step_emb halting   two_streams nested
     "dense":     Rung(False, False, None,     False, False),
@@ -182,13 +182,11 @@ class FinalReadout:
 
 
 class ACTReadout:
-    """Rungs 4-6: Graves-style ACT per position (as in the Universal Transformer), as the
-    authors compute it. A position halts once its cumulative halting probability plus this
-    step's p reaches the model's halt_threshold (trained at HALT_THRESHOLD), and adds its
-    remainder (1 - cum). At the last step a position still running adds p, then 1 - cum with
-    p in cum (its remainder, in the ponder cost, is what is left after p). Halted positions
-    are still computed (others attend to them) but add nothing more; the caller exits early
-    only when the whole batch has halted."""
+    """Rungs 4-6: Graves-style ACT per position (the Universal Transformer's), as the authors
+    compute it. A position halts once its cumulative halting probability plus this step's p
+    reaches the model's halt_threshold (trained at HALT_THRESHOLD), and adds its remainder
+    1 - cum. Halted positions are still computed (others attend to them) but add nothing
+    more; the caller exits early only when the whole batch has halted."""
     head_flops = staticmethod(lambda d, T: 2 * d)  # the halting unit at every position
 
     def __init__(self, model, y, n_steps):
@@ -210,7 +208,7 @@ class ACTReadout:
         self.cum = torch.where(going, self.cum + p, self.cum)
         weight = torch.where(halting, self.rem, p * going)                      # (B, T)
         last = t == self.n_steps - 1
-        if last:  # positions that never halted add the rest, 1 - cum with this step's p in cum
+        if last:  # a position still running adds p, then the rest: 1 - cum with this p in cum
             self.rem = torch.where(going, 1 - self.cum, self.rem)
             weight = weight + self.rem * going
         self.steps = self.steps + running
@@ -218,19 +216,18 @@ class ACTReadout:
         self.out = self.out + weight.unsqueeze(-1) * y                          # (B, T, C)
         return last or bool(self.halted.all())  # the one sync per step
 
-    def ponder_cost(self):
+    def ponder_cost(self):  # ACT's N + R; R of a position that never halted: left after p
         return (self.steps + self.rem).mean()
 
 
 class HaltReadout:
-    """Rung 7: a binary halting head reads y at position 0, as in the authors' code (position
-    0 sees only the first token, so halting stays causal, but it also cannot tell whether the
-    answer is right). A sequence halts when its logit > 0 or at the last step, and its output
-    is y at that step (each its own: see the README's fidelity). Halt exploration, as the
-    paper's: in training, with probability halt_explore a sequence draws a minimum step count
-    uniform in 1..N and cannot halt before it. Quirk kept from the paper: the head starts at
-    weight 0, bias -5 and, in the authors' code, gets no loss, so it never fires and every
-    forward runs the whole budget. Only halt_loss=True (an extension) trains it."""
+    """Rung 7, as the authors' code: a binary halting head reads y at position 0 (causal, as
+    position 0 sees the first token only, but blind to whether the answer is right). A
+    sequence halts when its logit > 0 or at the last step; its output is y at that step (each
+    its own: the README's fidelity). The paper's exploration: in training, a sequence draws
+    with chance halt_explore a minimum step count, uniform in 1..N, not to halt before. Quirk
+    kept: the head starts at weight 0, bias -5 and gets no loss, so it never fires and every
+    forward runs the whole budget; halt_loss (an extension) trains it."""
     head_flops = staticmethod(lambda d, T: 2 * d / T)  # at position 0 only
 
     def __init__(self, model, y, n_steps):
@@ -277,8 +274,7 @@ class Model(nn.Module):
         rung, d = config.rung, config.n_embd
         self.wte = nn.Embedding(config.vocab_size, d)
         self.wpe = nn.Embedding(config.block_size, d)  # learned absolute positions, no RoPE
-        # rung 1 has N distinct blocks; rungs 2-7 evaluate one block again and again
-        n_blocks = 1 if rung.tied else config.n_steps
+        n_blocks = 1 if rung.tied else config.n_steps  # dense: N distinct; 2-7: one, again
         self.blocks = nn.ModuleList(Block(config) for _ in range(n_blocks))
         if rung.step_emb:  # s_t, added to every block call of step t
             self.step_emb = nn.Embedding(config.max_steps, d)
@@ -311,8 +307,7 @@ class Model(nn.Module):
         a tied rung for more or fewer steps than it trained with: thinking longer or shorter.
         Past the trained steps the step embeddings cycle, as the authors' inference-scaling
         script does (extend="cycle": s_1..s_N, s_1...), or the last repeats (extend="last").
-        on_step(t, y, readout), if given, is called after step t's readout update with its
-        answer stream y (B, T, C): a way to watch the steps (sample.py --steps)."""
+        on_step(t, y, readout) is called after each step's readout update (sample.py --steps)."""
         c = self.config
         N = n_steps or self.depth()
         if N != c.n_steps and not c.rung.tied:
@@ -325,18 +320,14 @@ class Model(nn.Module):
         y = self.y_init.expand(B, T, -1) if c.rung.two_streams else x           # (B, T, C)
         z = self.z_init.expand(B, T, -1) if c.rung.two_streams else None        # (B, T, C)
         readout = READOUTS[c.rung.halting](self, y, N)
-        ce_steps, bce_steps = [], []  # per-step losses, only for the extensions
+        per_step = []  # (ce, bce) of every step's y, only for the extensions
         for t in range(N):
             if self.truncated:  # each step starts from a detached state
                 y, z = y.detach(), z.detach()
-            k = t  # the trained step whose embedding step t uses
-            if t >= c.max_steps:  # past the trained steps (see extend)
-                k = t % c.max_steps if extend == "cycle" else c.max_steps - 1
+            k = t % c.max_steps if extend == "cycle" else min(t, c.max_steps - 1)  # s_k: extend
             y, z = self.step(x, y, z, k)
             if targets is not None and (c.deep_supervision or c.halt_loss):
-                ce, bce = self.step_losses(y, targets)
-                ce_steps.append(ce)
-                bce_steps.append(bce)
+                per_step.append(self.step_losses(y, targets))
             done = readout.update(y, t)
             if on_step is not None:
                 on_step(t, y, readout)
@@ -346,12 +337,12 @@ class Model(nn.Module):
         logits = self.lm_head(self.ln_f(readout.out))                           # (B, T, V)
         if targets is None:
             return logits, None
-        if c.deep_supervision:
-            loss = torch.stack(ce_steps).mean()
+        if c.deep_supervision:  # the mean of every step's loss, not the readout's
+            loss = torch.stack([ce for ce, _ in per_step]).mean()
         else:
             loss = cross_entropy(logits, targets)
         if c.halt_loss:
-            loss = loss + torch.stack(bce_steps).mean()
+            loss = loss + torch.stack([bce for _, bce in per_step]).mean()
         if c.ponder_weight and hasattr(readout, "ponder_cost"):
             loss = loss + c.ponder_weight * readout.ponder_cost()
         return logits, loss
@@ -395,8 +386,7 @@ class Model(nn.Module):
         ce = cross_entropy(logits, targets)
         if not self.config.halt_loss:
             return ce, None
-        right = (logits.argmax(-1) == targets) | (targets < 0)  # (B, T); prompt (-100): right
-        right = right.all(dim=1)                                                # (B,)
+        right = ((logits.argmax(-1) == targets) | (targets < 0)).all(dim=1)  # (B,); prompt: right
         q = self.halt(y[:, 0]).squeeze(-1)                                      # (B,)
         return ce, F.binary_cross_entropy_with_logits(q, right.float())
 
@@ -417,9 +407,8 @@ class Model(nn.Module):
         return idx
 
     def configure_optimizers(self, lr, weight_decay=0.01):
-        # AdamW decaying every parameter, biases and LayerNorm gains included, as the
-        # authors do (nanoGPT exempts vectors); betas torch's (0.9, 0.999). fused: one kernel
-        # for all parameters; CPU tensors take it from torch 2.4 (pytorch/pytorch#123074).
+        # AdamW decaying every parameter, biases and LayerNorm gains too, as the authors (nanoGPT
+        # exempts vectors); betas torch's. fused: one kernel; on CPU from torch 2.4 (pytorch#123074)
         device = self.lm_head.weight.device.type
         fused = device == "cuda" or (device == "cpu" and torch.__version__ >= "2.4")
         return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
@@ -437,13 +426,12 @@ class Model(nn.Module):
         return self.truncated and c.rung.halting == "binary" and not every_step
 
     def compute_stats(self, seq_len=None, steps=None):
-        """Parameters, block passes per token per forward (at the maximum), how many of them
-        carry gradient in training, and training FLOPs per token: the forward FLOPs of every
-        matmul plus 2x for the backward of the passes that carry gradient. A block pass costs
-        24 d^2 (qkv 6, proj 2, mlp 16) plus 4 d * ctx for attention, ctx = (T+1)/2 keys on
-        average under the causal mask; embedding lookups, LayerNorms and softmaxes are not
-        counted. `steps` (halting rungs: the mean steps a position, or a batch, ran) gives the
-        FLOPs of that many, not the ceiling."""
+        """Parameters, block passes per token per forward (at the maximum), those that carry
+        gradient in training, and training FLOPs per token: every matmul's forward FLOPs plus
+        2x for the backward of the passes with gradient. A block pass costs 24 d^2 (qkv 6,
+        proj 2, mlp 16) + 4 d * ctx for attention, ctx = (T+1)/2 keys on average under the
+        causal mask (embeddings, LayerNorms, softmaxes not counted). `steps` (halting rungs:
+        the mean steps a position, or a batch, ran) gives the FLOPs of that many, not N."""
         c = self.config
         T = seq_len or c.block_size
         d, N = c.n_embd, steps or c.n_steps
