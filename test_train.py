@@ -126,6 +126,25 @@ def test_nan_stops_the_run_naming_the_iteration_and_keeps_the_last_checkpoint(
     assert ckpt["iter"] == 5  # the last good one, untouched
     rec = record(tmp_path, "copy_iter_s1337")
     assert rec["status"] == "failed" and "nan at iter 7" in rec["error"]
+    assert rec["error"].endswith("the last good checkpoint is kept")
+    calls[0] = 0  # again, with no checkpoint to keep: none is claimed
+    assert run(tmp_path / "none", "--model", "iter", "--task", "copy", "--max_iters", "20") == 1
+    assert record(tmp_path / "none", "copy_iter_s1337")["error"].endswith("nan at iter 7")
+
+
+def test_a_checkpoint_holds_the_wall_time_up_to_its_iteration(tmp_path, monkeypatch):
+    saved, real = {}, resume.save_checkpoint
+
+    def save(path, model, optimizer, data_gen, device, state, **run):
+        saved[state.iter] = state.wall_s
+        real(path, model, optimizer, data_gen, device, state, **run)
+    monkeypatch.setattr(resume, "save_checkpoint", save)
+    # no progress line (where the clock is read) before the checkpoint at iteration 5
+    assert run(tmp_path, "--model", "iter", "--task", "copy", "--max_iters", "10",
+               "--ckpt_interval", "5", "--log_interval", "1000") == 0
+    wall = record(tmp_path, "copy_iter_s1337")["wall_s"]
+    assert 0 < saved[5] < saved[10]
+    assert wall <= saved[10] < wall + 1  # the last, saved at the end: the record's time
 
 # -----------------------------------------------------------------------------
 # Interrupted runs resume exactly: killed, Ctrl-C, SIGTERM (a scheduler's time limit)

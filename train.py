@@ -7,12 +7,14 @@ schedule, model fresh or resumed, the loop, the record); main, which sets it up 
 
 A run lives in <out_dir>/<task>_<model>_s<seed>/: train.log, ckpt.pt and, once it has
 ended, record.json. The same command again skips a finished run; --resume continues an
-interrupted one exactly. Many runs, or what is made of their records, are the lab's job,
-and such a request is handed over unchanged (flags.hand_over): a comparison (several
-models, tasks or seeds, --jobs, --shard, --plot, --flops_match, --eval_budgets) to grid.py,
---report to report.py, --eval_only to evaluate.py.
+interrupted one exactly (each process that trains a run is one of its parts). Many runs,
+or what is made of their records, are the lab's job, and such a request is handed over
+unchanged (flags.hand_over): a comparison (several models, tasks or seeds, --jobs, --shard,
+--plot, --flops_match, --eval_budgets) to grid.py, --report to report.py, --eval_only to
+evaluate.py.
 """
 
+import dataclasses
 import math
 import os
 import shlex
@@ -116,14 +118,15 @@ def train_run(args, config, device, prior, resume_with):
         state = state.resumed_from(prior.ckpt, changed)
         new = f" with new {', '.join(changed)}" if changed else ""
         print(f"resuming {ckpt_path} from iter {state.iter}{new}")
-    state.watch(model)
+    state.watch(model)  # a forward hook: every forward's passes go into state.passes
     it, part_it, part_wall = state.iter, state.iter, state.wall_s  # ETA: this part's pace
     fwd = torch.compile(model) if args.compile else model  # the uncompiled model is what we save
     print(f"{run_name(task, name, seed)}: {describe(config, stats, T)}, {args.max_iters} iters")
 
-    def checkpoint():  # everything an exact resume needs
+    def checkpoint():  # everything an exact resume needs, the wall time up to `it` included
         state.iter = it
-        resume.save_checkpoint(ckpt_path, model, optimizer, data_gen, device, state, task=task,
+        now = dataclasses.replace(state, wall_s=state.wall_s + time.time() - t_log)
+        resume.save_checkpoint(ckpt_path, model, optimizer, data_gen, device, now, task=task,
                                seed=seed, n_digits=args.n_digits)
 
     model.train()
@@ -136,8 +139,8 @@ def train_run(args, config, device, prior, resume_with):
             logits, loss = fwd(idx, targets)
             lossf = loss.item()
             if not math.isfinite(lossf):
-                raise FloatingPointError(f"loss is {lossf} at iter {it}; the last good "
-                                         f"checkpoint is kept")
+                kept = "; the last good checkpoint is kept" if os.path.exists(ckpt_path) else ""
+                raise FloatingPointError(f"loss is {lossf} at iter {it}{kept}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if args.grad_clip > 0:
@@ -171,7 +174,9 @@ def train_run(args, config, device, prior, resume_with):
                 t_log += time.time() - t_eval  # evaluation stays out of the training clock
             if args.ckpt_interval and it % args.ckpt_interval == 0 and it < args.max_iters:
                 checkpoint()
-        stop.after_loop(checkpoint, it)  # saves; a signal that stopped the loop ends the run
+        # saves; if a signal stopped the loop, raises Interrupted (main returns 130). The final
+        # evaluation stays inside the block: a signal during it stops the run at once
+        stop.after_loop(checkpoint, it)
         state.passes["eval"] = resume.Tally()  # executed passes of the final evaluation only
         final = tasks.evaluate(model, task, args.eval_lengths, args.eval_examples, device,
                                args.temperature, show=3)
@@ -182,7 +187,9 @@ def train_run(args, config, device, prior, resume_with):
 
 
 def record_of(args, model, state, final, final_loss, device):
-    """What a finished run states of itself: what it trained, what it spent, what it gives."""
+    """What a finished run states of itself: what it trained, what it spent, what it gives.
+    Of a halting rung's passes, `executed` is the mean a position ran (ACT's n_updates) and
+    `spent` what its batch ran, until the last position halted: the compute paid."""
     config, train, ev = model.config, state.passes["train"], state.passes["eval"]
     T, k = tasks.seq_len(args.task, args.n_digits), config.passes_per_step
     stats = model.compute_stats(T)
