@@ -324,7 +324,8 @@ class Model(nn.Module):
         for t in range(N):
             if self.truncated:  # each step starts from a detached state
                 y, z = y.detach(), z.detach()
-            k = t % c.max_steps if extend == "cycle" else min(t, c.max_steps - 1)  # s_k: extend
+            # step t adds s_k: k = t within the trained steps, past them as extend says
+            k = t % c.max_steps if extend == "cycle" else min(t, c.max_steps - 1)
             y, z = self.step(x, y, z, k)
             if targets is not None and (c.deep_supervision or c.halt_loss):
                 per_step.append(self.step_losses(y, targets))
